@@ -1,0 +1,262 @@
+//! The validation cache: moka keyed by token hash, with revocation that cannot be undone by a
+//! load that was already in flight.
+//!
+//! moka's `invalidate` does not stop an in-flight `get_with` from inserting its (now stale) value
+//! afterwards. So loads and removals both go through `entry(hash).and_compute_with`, which moka
+//! serialises per key: a revocation either runs after the load's insert (and removes it) or
+//! before the load's compute starts (and the load then reads the revoked row). Whole-cache
+//! clears (a lost notification feed) cannot lock every key, so they bump an epoch that a load
+//! checks inside its compute before it inserts.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use time::OffsetDateTime;
+
+use crate::session::Session;
+use crate::token::TokenHash;
+use crate::touch::TouchSender;
+
+/// Microseconds since the Unix epoch, the unit of every hot-path timestamp.
+pub(crate) fn now_us() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_us(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_us(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+pub(crate) fn duration_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A validated session as cached, with this process's view of its activity.
+pub(crate) struct SessionEntry {
+    pub(crate) session: Session,
+    pub(crate) token_hash: TokenHash,
+    expires_at_us: i64,
+    /// Most recent use seen here (or the stored `last_active_at` at load).
+    last_used_us: AtomicI64,
+    /// The `last_active_at` that is stored or queued for writing.
+    last_written_us: AtomicI64,
+}
+
+/// Verdict on a cached entry for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usability {
+    /// Usable; `touch_due` when this use should be written to the store.
+    Usable { touch_due: bool },
+    /// Past its absolute lifetime: no store read can change that.
+    Expired,
+    /// Idle for too long as far as this process saw; another instance may know better.
+    Idle,
+}
+
+impl SessionEntry {
+    pub(crate) fn new(session: Session, token_hash: TokenHash) -> Self {
+        let last_active = to_us(session.last_active_at);
+        Self {
+            expires_at_us: to_us(session.expires_at),
+            last_used_us: AtomicI64::new(last_active),
+            last_written_us: AtomicI64::new(last_active),
+            session,
+            token_hash,
+        }
+    }
+
+    /// Judges the entry at `now` and, when usable, records the use.
+    pub(crate) fn use_at(&self, now: i64, idle_us: i64, touch_interval_us: i64) -> Usability {
+        if now >= self.expires_at_us {
+            return Usability::Expired;
+        }
+        let last_used = self.last_used_us.load(Ordering::Relaxed);
+        if now.saturating_sub(last_used) >= idle_us {
+            return Usability::Idle;
+        }
+        if now > last_used {
+            self.last_used_us.fetch_max(now, Ordering::Relaxed);
+        }
+        let written = self.last_written_us.load(Ordering::Relaxed);
+        // Only the thread that wins the exchange queues the write: one touch per interval.
+        let touch_due = now.saturating_sub(written) >= touch_interval_us
+            && self
+                .last_written_us
+                .compare_exchange(written, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        Usability::Usable { touch_due }
+    }
+
+    /// The most recent use known here.
+    pub(crate) fn last_used(&self) -> OffsetDateTime {
+        from_us(self.last_used_us.load(Ordering::Relaxed))
+    }
+
+    /// A use seen but not yet queued for writing, if any.
+    fn unwritten_use(&self) -> Option<i64> {
+        let used = self.last_used_us.load(Ordering::Relaxed);
+        (used > self.last_written_us.swap(used, Ordering::Relaxed)).then_some(used)
+    }
+}
+
+/// What a load through the cache found.
+pub(crate) enum Loaded<T> {
+    /// An entry, cached or freshly loaded.
+    Entry(Arc<SessionEntry>),
+    /// The loader's verdict when it produced no usable entry.
+    Other(T),
+}
+
+/// The result a loader hands back: an entry to cache, or anything else to pass through.
+pub(crate) enum LoadResult<T> {
+    Usable(Arc<SessionEntry>),
+    Other(T),
+}
+
+pub(crate) struct SessionCache {
+    /// `None` when the cache is disabled (`cache_ttl` zero).
+    cache: Option<Cache<TokenHash, Arc<SessionEntry>>>,
+    /// False while cross-instance notifications may be lost: no hit is served, nothing is stored.
+    trusted: AtomicBool,
+    /// Bumped by every whole-cache clear; a load inserts only if it is unchanged.
+    epoch: AtomicU64,
+}
+
+impl SessionCache {
+    pub(crate) fn new(ttl: Duration, capacity: u64, touches: TouchSender, trusted: bool) -> Self {
+        let cache = (!ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .eviction_listener(move |_hash, entry: Arc<SessionEntry>, cause| {
+                    // A use seen only in memory would be lost with the entry; queue it.
+                    if cause != RemovalCause::Replaced {
+                        if let Some(used) = entry.unwritten_use() {
+                            touches.touch(entry.session.id, used);
+                        }
+                    }
+                })
+                .build()
+        });
+        Self {
+            cache,
+            trusted: AtomicBool::new(trusted),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached entry, answered without waiting: moka's `get` only suspends while it runs
+    /// cache maintenance, and a lookup that would wait is treated as a miss, whose compute path
+    /// then finds the entry without a store query. This keeps the hit path free of a boxed future.
+    pub(crate) fn peek(&self, hash: &TokenHash) -> Option<Arc<SessionEntry>> {
+        let cache = self.cache.as_ref()?;
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        let lookup = pin!(cache.get(hash));
+        match lookup.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(found) => found,
+            Poll::Pending => None,
+        }
+    }
+
+    /// Returns the cached entry if `reuse` accepts it, else runs `load` and caches a usable
+    /// result. Concurrent calls for one key run one at a time, so a burst of misses makes one
+    /// store query and the others find its entry.
+    pub(crate) async fn get_or_load<T, F, Fut>(
+        &self,
+        hash: TokenHash,
+        reuse: impl FnOnce(&SessionEntry) -> bool,
+        load: F,
+    ) -> Loaded<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = LoadResult<T>>,
+    {
+        let Some(cache) = &self.cache else {
+            return match load().await {
+                LoadResult::Usable(entry) => Loaded::Entry(entry),
+                LoadResult::Other(other) => Loaded::Other(other),
+            };
+        };
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut outcome = None;
+        cache
+            .entry(hash)
+            .and_compute_with(|existing| async {
+                if let Some(existing) = existing {
+                    let entry = existing.into_value();
+                    if self.trusted.load(Ordering::Acquire) && reuse(&entry) {
+                        outcome = Some(Loaded::Entry(entry));
+                        return Op::Nop;
+                    }
+                }
+                match load().await {
+                    LoadResult::Usable(entry) => {
+                        let cacheable = self.trusted.load(Ordering::Acquire)
+                            && self.epoch.load(Ordering::Acquire) == epoch;
+                        outcome = Some(Loaded::Entry(Arc::clone(&entry)));
+                        if cacheable {
+                            Op::Put(entry)
+                        } else {
+                            Op::Remove
+                        }
+                    }
+                    LoadResult::Other(verdict) => {
+                        outcome = Some(Loaded::Other(verdict));
+                        Op::Remove
+                    }
+                }
+            })
+            .await;
+        // moka runs the closure, and awaits its future to the end, before `and_compute_with`
+        // returns; every branch of that future sets `outcome`.
+        outcome.expect("the compute closure sets the outcome on every path")
+    }
+
+    /// Removes `hash`, waiting for any load of it in flight to finish first.
+    pub(crate) async fn invalidate(&self, hash: TokenHash) {
+        if let Some(cache) = &self.cache {
+            cache
+                .entry(hash)
+                .and_compute_with(|_| std::future::ready(Op::Remove))
+                .await;
+        }
+    }
+
+    /// Empties the cache and sets whether it may be used from now on.
+    pub(crate) fn clear(&self, trusted_after: bool) {
+        self.trusted.store(false, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.invalidate_all();
+        }
+        self.trusted.store(trusted_after, Ordering::Release);
+    }
+
+    /// Number of cached sessions (approximate, as moka counts).
+    pub(crate) fn len(&self) -> u64 {
+        self.cache.as_ref().map_or(0, Cache::entry_count)
+    }
+
+    /// Runs moka's pending maintenance (eviction listeners, counts); for tests and benchmarks.
+    pub(crate) async fn run_pending_tasks(&self) {
+        if let Some(cache) = &self.cache {
+            cache.run_pending_tasks().await;
+        }
+    }
+}

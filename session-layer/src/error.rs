@@ -1,0 +1,90 @@
+//! Error types.
+
+use std::time::Duration;
+
+/// A token could not be produced or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The input is not exactly 43 characters of unpadded base64url.
+    #[error("malformed session token: expected 43 characters of unpadded base64url")]
+    Malformed,
+    /// The operating system's random source failed.
+    #[error("the operating system's random number generator failed; no token was issued")]
+    Entropy,
+}
+
+/// A store (database) operation failed.
+///
+/// The message names the operation; the underlying driver error is the `source`. Neither ever
+/// contains a token or a token hash.
+#[derive(Debug, thiserror::Error)]
+#[error("session store failed to {operation}: {source}")]
+pub struct StoreError {
+    operation: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// Wraps a driver error with the operation that was attempted.
+    pub fn new(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    /// The operation that failed, e.g. `"look up a session"`.
+    #[must_use]
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+}
+
+/// A [`SessionConfig`](crate::SessionConfig) value is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// The idle timeout is longer than the absolute lifetime, so it could never apply.
+    #[error(
+        "idle_timeout ({idle:?}) must not exceed ttl ({ttl:?}); lower idle_timeout or raise ttl"
+    )]
+    IdleLongerThanTtl {
+        /// Configured idle timeout.
+        idle: Duration,
+        /// Configured absolute lifetime.
+        ttl: Duration,
+    },
+    /// `max_sessions_per_user` is zero: nobody could sign in.
+    #[error("max_sessions_per_user must be at least 1 (or None for no limit)")]
+    NoSessionsAllowed,
+    /// A duration does not fit the store's timestamp range.
+    #[error("`{0}` is too large")]
+    TooLarge(&'static str),
+}
+
+/// What went wrong in a [`SessionManager`](crate::SessionManager) call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed; the operation did not take effect (or its effect is unknown).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No active session of this user has that id (unknown, another user's, revoked or expired).
+    #[error("no active session with that id belongs to this user")]
+    SessionNotFound,
+    /// The token presented for rotation is no longer the session's current token: another
+    /// rotation won, or the session was revoked or expired meanwhile. Sign in again.
+    #[error("the session token was already rotated or the session ended; sign in again")]
+    RotationConflict,
+    /// A token could not be generated.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The manager was built outside a Tokio runtime, which it needs for its background tasks.
+    #[error("SessionManager::new must be called from within a Tokio runtime")]
+    NoRuntime,
+}

@@ -1,0 +1,235 @@
+//! [`CurrentSession`]: the extractor handlers take, and its rejection.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::cache::SessionEntry;
+use crate::device::DeviceType;
+use crate::session::Session;
+use crate::token::TokenHash;
+
+/// How the token of the current request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The session cookie.
+    Cookie,
+    /// `Authorization: Bearer`.
+    Bearer,
+}
+
+/// The authenticated session of the current request, put there by
+/// [`SessionLayer`](crate::SessionLayer).
+///
+/// Take it in a handler to require a session (401 otherwise), or take
+/// `Option<CurrentSession>` for routes that work either way. Cloning is an `Arc` increment.
+///
+/// ```
+/// use axum::{Json, routing::get, Router};
+/// use session_layer::CurrentSession;
+///
+/// async fn me(session: CurrentSession) -> String {
+///     format!("user {} on {}", session.user_id(), session.device())
+/// }
+///
+/// async fn home(session: Option<CurrentSession>) -> &'static str {
+///     if session.is_some() { "welcome back" } else { "please sign in" }
+/// }
+///
+/// let app: Router = Router::new().route("/me", get(me)).route("/", get(home));
+/// ```
+#[derive(Clone)]
+pub struct CurrentSession {
+    entry: Arc<SessionEntry>,
+    transport: Transport,
+}
+
+impl CurrentSession {
+    pub(crate) fn new(entry: Arc<SessionEntry>, transport: Transport) -> Self {
+        Self { entry, transport }
+    }
+
+    /// The session id.
+    #[must_use]
+    pub fn session_id(&self) -> Uuid {
+        self.entry.session.id
+    }
+
+    /// The signed-in user.
+    #[must_use]
+    pub fn user_id(&self) -> Uuid {
+        self.entry.session.user_id
+    }
+
+    /// Sign-in time.
+    #[must_use]
+    pub fn created_at(&self) -> OffsetDateTime {
+        self.entry.session.created_at
+    }
+
+    /// End of the absolute lifetime.
+    #[must_use]
+    pub fn expires_at(&self) -> OffsetDateTime {
+        self.entry.session.expires_at
+    }
+
+    /// Most recent use known to this process.
+    #[must_use]
+    pub fn last_active_at(&self) -> OffsetDateTime {
+        self.entry.last_used()
+    }
+
+    /// "Chrome on Windows".
+    #[must_use]
+    pub fn device(&self) -> &str {
+        &self.entry.session.device
+    }
+
+    /// Desktop, mobile, tablet, bot or unknown.
+    #[must_use]
+    pub fn device_type(&self) -> DeviceType {
+        self.entry.session.device_type
+    }
+
+    /// The name the user gave the device, if any.
+    #[must_use]
+    pub fn device_name(&self) -> Option<&str> {
+        self.entry.session.device_name.as_deref()
+    }
+
+    /// Client address at sign-in.
+    #[must_use]
+    pub fn ip_address(&self) -> Option<IpAddr> {
+        self.entry.session.ip_address
+    }
+
+    /// The session as loaded from the store (its `last_active_at` is the stored, coarse value).
+    #[must_use]
+    pub fn session(&self) -> &Session {
+        &self.entry.session
+    }
+
+    /// Whether the token came in the cookie or as a bearer token; answer a rotation the same way.
+    #[must_use]
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    pub(crate) fn token_hash(&self) -> TokenHash {
+        self.entry.token_hash
+    }
+}
+
+impl std::fmt::Debug for CurrentSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentSession")
+            .field("session_id", &self.session_id())
+            .field("user_id", &self.user_id())
+            .field("device", &self.device())
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marker the layer leaves when the store could not be asked: the extractor answers 503.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionUnavailable;
+
+/// Why [`CurrentSession`] could not be extracted. Answers with a JSON body
+/// `{"error": "...", "message": "..."}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRejection {
+    /// No valid session: 401 with `WWW-Authenticate: Bearer` (and `error="invalid_token"` when
+    /// a bearer token was sent, per RFC 6750).
+    #[error("a valid session is required")]
+    Unauthenticated {
+        /// Whether the request carried `Authorization: Bearer`.
+        bearer_sent: bool,
+    },
+    /// The session store could not be reached: 503, never a guess.
+    #[error("sessions cannot be checked right now")]
+    Unavailable,
+}
+
+impl SessionRejection {
+    pub(crate) fn from_parts(parts: &Parts) -> Self {
+        if parts.extensions.get::<SessionUnavailable>().is_some() {
+            Self::Unavailable
+        } else {
+            Self::Unauthenticated {
+                bearer_sent: crate::layer::bearer_token(&parts.headers).is_some(),
+            }
+        }
+    }
+}
+
+impl IntoResponse for SessionRejection {
+    fn into_response(self) -> Response {
+        let (status, body, www_authenticate) = match self {
+            Self::Unauthenticated { bearer_sent } => (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"unauthenticated","message":"sign in to continue: the session is missing, expired or revoked"}"#,
+                Some(if bearer_sent {
+                    r#"Bearer error="invalid_token""#
+                } else {
+                    "Bearer"
+                }),
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"session_store_unavailable","message":"sessions cannot be checked right now; try again shortly"}"#,
+                None,
+            ),
+        };
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(value) = www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+        }
+        if self == Self::Unavailable {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| SessionRejection::from_parts(parts))
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentSession {
+    type Rejection = SessionRejection;
+
+    /// `None` when no valid session was presented; still 503 when the store was down, since
+    /// "signed out" would be a guess.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if let Some(session) = parts.extensions.get::<Self>() {
+            return Ok(Some(session.clone()));
+        }
+        if parts.extensions.get::<SessionUnavailable>().is_some() {
+            return Err(SessionRejection::Unavailable);
+        }
+        Ok(None)
+    }
+}

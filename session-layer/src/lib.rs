@@ -1,0 +1,96 @@
+//! Real, revocable, multi-device user sessions for [Axum](https://docs.rs/axum) and any
+//! [Tower](https://docs.rs/tower) service, with one `.layer()`.
+//!
+//! Every sign-in is a row with its device, IP address and last activity. Users can list their
+//! devices, sign one out, or sign out everywhere else; a revoked device is refused on its very
+//! next request, even though validations are cached.
+//!
+//! ```
+//! use axum::{Json, Router, routing::{get, post}};
+//! use axum::extract::State;
+//! use session_layer::{
+//!     CurrentSession, NewSession, RevocationReason, SessionConfig, SessionLayer, SessionManager,
+//!     SqliteStore,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! store.migrate().await?;
+//! let sessions = SessionManager::new(store, SessionConfig::default())?;
+//!
+//! let app = Router::new()
+//!     .route("/me", get(|s: CurrentSession| async move { s.user_id().to_string() }))
+//!     .route("/sign-out-others", post(|State(m): State<SessionManager>, s: CurrentSession| async move {
+//!         m.revoke_others(&s, RevocationReason::RevokedByUser).await.map(|n| n.to_string())
+//!             .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
+//!     }))
+//!     .layer(SessionLayer::new(sessions.clone()))
+//!     .with_state(sessions.clone());
+//!
+//! // At sign-in (after checking the password), issue a token for the client:
+//! let (token, session) = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await?;
+//! let cookie = sessions.config().cookie().session_cookie(&token, session.expires_at);
+//! # let _ = (app, cookie);
+//! # Ok(()) }
+//! ```
+//!
+//! # Parts
+//!
+//! - [`SessionManager`]: create, validate, rotate, list, revoke one / others / all, cleanup.
+//! - [`SessionLayer`]: reads `Authorization: Bearer` or the session cookie and puts a
+//!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
+//!   when absent, 503 when the store was unreachable).
+//! - Stores behind [`SessionStore`]: [`PostgresStore`] (feature `postgres`, with cross-instance
+//!   revocation over `LISTEN/NOTIFY`), [`SqliteStore`] (feature `sqlite`), [`MemoryStore`].
+//! - [`SessionToken`]: 256 random bits, sent as 43 characters of base64url, stored only as its
+//!   SHA-256 ([`TokenHash`]). Neither ever appears in `Debug` output, logs or errors.
+//!
+//! # Guarantees
+//!
+//! - A cache hit touches no database, allocates no token string, and takes no lock shared by
+//!   all requests. Concurrent misses for one token make one store query.
+//! - A revocation removes the token from this instance's cache before the call returns, and a
+//!   lookup that was in flight cannot put it back. With PostgreSQL, other instances drop it
+//!   when the notification arrives; while their notification connection is down they bypass
+//!   the cache, and they empty it when it is back.
+//! - `last_active_at` is written at most once per `touch_interval` per session, in batches, off
+//!   the request path; [`SessionManager::shutdown`] writes what is pending.
+//! - A store failure fails closed: the request is never treated as authenticated.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, rust_2018_idioms, clippy::all)]
+#![deny(unreachable_pub, unsafe_code)]
+
+mod cache;
+mod client_ip;
+mod config;
+mod device;
+mod error;
+mod extract;
+pub mod layer;
+mod manager;
+pub mod metrics;
+mod session;
+pub mod store;
+mod token;
+mod touch;
+
+pub use client_ip::resolve_client_ip;
+pub use config::{CookieConfig, SessionConfig, SessionConfigBuilder};
+pub use device::{DeviceInfo, DeviceType};
+pub use error::{ConfigError, Error, StoreError, TokenError};
+pub use extract::{CurrentSession, SessionRejection, Transport};
+pub use layer::{SessionLayer, SessionService};
+pub use manager::{NewSession, SessionManager};
+pub use session::{RevocationReason, Session, UnknownReason};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
+pub use store::{MemoryStore, SessionStore};
+pub use token::{SessionToken, TOKEN_LEN, TokenHash};
+
+/// Re-exported so that applications build cookies with the same version.
+pub use cookie;

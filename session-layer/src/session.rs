@@ -1,0 +1,138 @@
+//! The session record and the values that describe it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::device::DeviceType;
+
+/// One sign-in of one user on one device: a row of the "your devices" page.
+///
+/// It never holds the token or its hash; the raw user agent is kept for audit but is not meant for
+/// display (use [`device`](Self::device)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Session id (UUID v7, so ids sort by creation time).
+    pub id: Uuid,
+    /// The owner.
+    pub user_id: Uuid,
+    /// "Chrome on Windows".
+    pub device: String,
+    /// Desktop, mobile, tablet, bot or unknown.
+    pub device_type: DeviceType,
+    /// A name the user gave the device at sign-in, if any.
+    pub device_name: Option<String>,
+    /// The raw `User-Agent` header, truncated to 512 bytes.
+    pub user_agent: Option<String>,
+    /// Client address at sign-in.
+    pub ip_address: Option<IpAddr>,
+    /// Sign-in time.
+    pub created_at: OffsetDateTime,
+    /// Most recent recorded use (coarse: written at most once per touch interval).
+    pub last_active_at: OffsetDateTime,
+    /// End of the absolute lifetime.
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked, if it was.
+    pub revoked_reason: Option<RevocationReason>,
+}
+
+impl Session {
+    /// Whether the session may still be used at `now` given the idle timeout, judged on
+    /// `last_used` (the most recent use known, which may be newer than `last_active_at`).
+    pub(crate) fn is_usable(
+        &self,
+        now: OffsetDateTime,
+        last_used: OffsetDateTime,
+        idle: std::time::Duration,
+    ) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at && now - last_used < idle
+    }
+}
+
+/// Why a session was revoked. Stored as the snake_case string of [`as_str`](Self::as_str).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RevocationReason {
+    /// The user signed out on this device.
+    Logout,
+    /// The user signed this session out from another device.
+    RevokedByUser,
+    /// The user changed their password; other sessions end.
+    PasswordChange,
+    /// The password was reset; every session ends.
+    PasswordReset,
+    /// A rotated-out token was presented again: treated as theft.
+    TokenReuse,
+    /// A newer sign-in pushed the user past `max_sessions_per_user`.
+    SessionLimit,
+    /// An administrator ended it.
+    Admin,
+}
+
+impl RevocationReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::Logout,
+        Self::RevokedByUser,
+        Self::PasswordChange,
+        Self::PasswordReset,
+        Self::TokenReuse,
+        Self::SessionLimit,
+        Self::Admin,
+    ];
+
+    /// The stored form: `logout`, `revoked_by_user`, `password_change`, `password_reset`,
+    /// `token_reuse`, `session_limit` or `admin`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::RevokedByUser => "revoked_by_user",
+            Self::PasswordChange => "password_change",
+            Self::PasswordReset => "password_reset",
+            Self::TokenReuse => "token_reuse",
+            Self::SessionLimit => "session_limit",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The string is not one of the [`RevocationReason`] names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revocation reason {0:?}")]
+pub struct UnknownReason(pub String);
+
+impl FromStr for RevocationReason {
+    type Err = UnknownReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == s)
+            .ok_or_else(|| UnknownReason(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_through_their_stored_form() {
+        for reason in RevocationReason::ALL {
+            assert_eq!(reason.as_str().parse::<RevocationReason>(), Ok(reason));
+        }
+        assert!("stolen".parse::<RevocationReason>().is_err());
+    }
+}

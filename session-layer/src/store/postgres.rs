@@ -1,0 +1,460 @@
+//! PostgreSQL store, with `LISTEN/NOTIFY` so that every instance sharing the database drops a
+//! revoked session from its cache.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{FoundSession, Invalidation, Liveness, SessionStore, TokenMatch};
+use crate::error::StoreError;
+use crate::session::{RevocationReason, Session};
+use crate::token::TokenHash;
+
+/// Notification channel on which revoked and rotated-out token hashes are published.
+pub(crate) const NOTIFY_CHANNEL: &str = "session_layer_invalidate";
+
+/// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
+const HASHES_PER_NOTIFICATION: usize = 100;
+
+const COLUMNS: &str = "id, user_id, device, device_type, device_name, user_agent, ip_address, \
+     created_at, last_active_at, expires_at, revoked_at, revoked_reason";
+
+/// Sessions in PostgreSQL (15 or later).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use session_layer::PostgresStore;
+///
+/// let store = PostgresStore::connect("postgres://app@localhost/app").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Wraps an existing pool.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Connects a pool of up to 16 connections to `url`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the server cannot be reached or refuses the login.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::new("connect to PostgreSQL", e))?;
+        Ok(Self::new(pool))
+    }
+
+    /// The underlying pool, to share with the application.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or upgrades the `sessions` table. Safe to run on every start and from several
+    /// instances at once. Its bookkeeping lives in `_session_layer_migrations`, apart from the
+    /// application's own sqlx migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when a migration fails.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut migrator = sqlx::migrate!("migrations/postgres");
+        migrator.dangerous_set_table_name("_session_layer_migrations");
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("run the session-layer PostgreSQL migrations", e))
+    }
+
+    async fn begin(
+        &self,
+        operation: &'static str,
+    ) -> Result<Transaction<'_, Postgres>, StoreError> {
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::new(operation, e))
+    }
+}
+
+fn session_from_row(row: &PgRow) -> Result<Session, sqlx::Error> {
+    let device_type: String = row.try_get("device_type")?;
+    let reason: Option<String> = row.try_get("revoked_reason")?;
+    Ok(Session {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        device: row.try_get("device")?,
+        device_type: device_type.parse().unwrap_or_default(),
+        device_name: row.try_get("device_name")?,
+        user_agent: row.try_get("user_agent")?,
+        ip_address: row.try_get("ip_address")?,
+        created_at: row.try_get("created_at")?,
+        last_active_at: row.try_get("last_active_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revoked_reason: reason
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
+fn hash_from_row(row: &PgRow) -> Result<TokenHash, sqlx::Error> {
+    let bytes: Vec<u8> = row.try_get("token_hash")?;
+    TokenHash::try_from(bytes.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn hashes_from_rows(rows: &[PgRow], operation: &'static str) -> Result<Vec<TokenHash>, StoreError> {
+    rows.iter()
+        .map(hash_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::new(operation, e))
+}
+
+/// Publishes hashes to every listening instance; delivered only if the transaction commits.
+async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    hashes: &[TokenHash],
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    for chunk in hashes.chunks(HASHES_PER_NOTIFICATION) {
+        let payload = chunk
+            .iter()
+            .map(TokenHash::to_hex)
+            .collect::<Vec<_>>()
+            .join(",");
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| StoreError::new(operation, e))?;
+    }
+    Ok(())
+}
+
+/// Serialises session-limit enforcement per user: a 64-bit advisory lock key from the user id.
+fn user_lock_key(user_id: Uuid) -> i64 {
+    let (high, low) = user_id.as_u64_pair();
+    // Reinterpreting the bits is the point: any 64-bit value is a valid lock key.
+    i64::from_ne_bytes((high ^ low ^ 0x5e55_10f1_a7e4_0001).to_ne_bytes())
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn insert(
+        &self,
+        session: &Session,
+        token_hash: &TokenHash,
+        max_active: Option<u32>,
+        live: Liveness,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        const OP: &str = "insert a session";
+        let mut tx = self.begin(OP).await?;
+        if max_active.is_some() {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(user_lock_key(session.user_id))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::new(OP, e))?;
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, token_hash, device, device_type, device_name, \
+             user_agent, ip_address, created_at, last_active_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(token_hash.as_bytes().as_slice())
+        .bind(&session.device)
+        .bind(session.device_type.as_str())
+        .bind(&session.device_name)
+        .bind(&session.user_agent)
+        .bind(session.ip_address)
+        .bind(session.created_at)
+        .bind(session.last_active_at)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let evicted = match max_active {
+            None => Vec::new(),
+            Some(max) => {
+                let rows = sqlx::query(
+                    "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = 'session_limit' \
+                     WHERE id IN (SELECT id FROM sessions \
+                         WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL \
+                           AND expires_at > $3 AND last_active_at > $4 \
+                         ORDER BY last_active_at DESC, created_at DESC, id DESC \
+                         OFFSET $5) \
+                     RETURNING token_hash",
+                )
+                .bind(session.user_id)
+                .bind(session.id)
+                .bind(live.now)
+                .bind(live.idle_cutoff)
+                .bind(i64::from(max.saturating_sub(1)))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| StoreError::new(OP, e))?;
+                hashes_from_rows(&rows, OP)?
+            }
+        };
+        notify(&mut tx, &evicted, OP).await?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(evicted)
+    }
+
+    async fn find_by_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<FoundSession>, StoreError> {
+        const OP: &str = "look up a session";
+        // Two index probes (current and previous hash), at most one row each.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, token_hash = $1 AS is_current FROM sessions \
+             WHERE token_hash = $1 OR previous_token_hash = $1 \
+             ORDER BY is_current DESC LIMIT 1"
+        )))
+        .bind(token_hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let is_current: bool = row
+            .try_get("is_current")
+            .map_err(|e| StoreError::new(OP, e))?;
+        Ok(Some(FoundSession {
+            session: session_from_row(&row).map_err(|e| StoreError::new(OP, e))?,
+            matched: if is_current {
+                TokenMatch::Current
+            } else {
+                TokenMatch::Previous
+            },
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        current: &TokenHash,
+        new: &TokenHash,
+        live: Liveness,
+    ) -> Result<Option<Session>, StoreError> {
+        const OP: &str = "rotate a session token";
+        let mut tx = self.begin(OP).await?;
+        // The `token_hash = $3` condition is re-checked under the row lock, so of two
+        // concurrent rotations of one token exactly one updates a row.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE sessions SET previous_token_hash = token_hash, token_hash = $4 \
+             WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
+               AND expires_at > $5 AND last_active_at > $6 \
+             RETURNING {COLUMNS}"
+        )))
+        .bind(session_id)
+        .bind(user_id)
+        .bind(current.as_bytes().as_slice())
+        .bind(new.as_bytes().as_slice())
+        .bind(live.now)
+        .bind(live.idle_cutoff)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row).map_err(|e| StoreError::new(OP, e))?;
+        notify(&mut tx, std::slice::from_ref(current), OP).await?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(Some(session))
+    }
+
+    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
+        const OP: &str = "list a user's sessions";
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sessions \
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_active_at > $3 \
+             ORDER BY last_active_at DESC, created_at DESC, id DESC"
+        )))
+        .bind(user_id)
+        .bind(live.now)
+        .bind(live.idle_cutoff)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::new(OP, e))
+    }
+
+    async fn revoke(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenHash>, StoreError> {
+        const OP: &str = "revoke a session";
+        let mut tx = self.begin(OP).await?;
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3 \
+             RETURNING token_hash",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now)
+        .bind(reason.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let hashes = hashes_from_rows(&rows, OP)?;
+        notify(&mut tx, &hashes, OP).await?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(hashes.into_iter().next())
+    }
+
+    async fn revoke_all(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        const OP: &str = "revoke a user's sessions";
+        let mut tx = self.begin(OP).await?;
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
+             WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
+             RETURNING token_hash",
+        )
+        .bind(user_id)
+        .bind(except)
+        .bind(now)
+        .bind(reason.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let hashes = hashes_from_rows(&rows, OP)?;
+        notify(&mut tx, &hashes, OP).await?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(hashes)
+    }
+
+    async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE sessions AS s SET last_active_at = t.at \
+             FROM (SELECT id, max(at) AS at FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+                   GROUP BY id) AS t \
+             WHERE s.id = t.id AND s.revoked_at IS NULL AND s.last_active_at < t.at",
+        )
+        .bind(ids)
+        .bind(times)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::new("record session activity", e))?;
+        Ok(())
+    }
+
+    async fn cleanup(
+        &self,
+        now: OffsetDateTime,
+        revoked_before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2")
+            .bind(now)
+            .bind(revoked_before)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("delete expired sessions", e))?;
+        Ok(result.rows_affected())
+    }
+
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(listen(self.pool.clone(), tx));
+        Some(rx)
+    }
+}
+
+/// Relays notifications until the receiver is dropped, reconnecting with backoff. Every gap in
+/// the connection is reported, because notifications sent during it are lost for good.
+async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Invalidation>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.eager_reconnect(false);
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = tx.closed() => return,
+            result = connected => match result {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "session invalidation listener cannot connect; cache bypassed until it does");
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        backoff = MIN_BACKOFF;
+        if tx.send(Invalidation::FeedRestored).is_err() {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                () = tx.closed() => return,
+                received = listener.try_recv() => received,
+            };
+            match received {
+                Ok(Some(notification)) => {
+                    let hashes = notification
+                        .payload()
+                        .split(',')
+                        .filter_map(TokenHash::from_hex)
+                        .collect();
+                    if tx.send(Invalidation::Tokens(hashes)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!(
+                        "session invalidation listener lost its connection; reconnecting"
+                    );
+                    if tx.send(Invalidation::FeedLost).is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
