@@ -75,7 +75,7 @@ impl DeviceInfo {
         };
         let ua = truncate(ua, MAX_USER_AGENT_LEN);
         let Some(parsed) = woothee::parser::Parser::new().parse(ua) else {
-            return Self::unknown(&format!("Unknown device ({})", product(ua)));
+            return Self::unknown(product(ua));
         };
         let device_type = match parsed.category {
             "crawler" => DeviceType::Bot,
@@ -91,10 +91,13 @@ impl DeviceInfo {
             os => Some(os),
         };
         let description = match (parsed.name, os) {
+            // woothee names libraries generically ("HTTP Library"); their product token says more.
+            _ if device_type == DeviceType::Unknown => product(ua).to_owned(),
+            (name, _) if device_type == DeviceType::Bot => name.to_owned(),
             ("UNKNOWN" | "", Some(os)) => os.to_owned(),
-            ("UNKNOWN" | "", None) => format!("Unknown device ({})", product(ua)),
-            (name, Some(os)) if device_type != DeviceType::Bot => format!("{name} on {os}"),
-            (name, _) => name.to_owned(),
+            ("UNKNOWN" | "", None) => product(ua).to_owned(),
+            (name, Some(os)) => format!("{name} on {os}"),
+            (name, None) => name.to_owned(),
         };
         Self {
             description,
@@ -179,7 +182,7 @@ mod tests {
     fn unknown_clients_are_named_by_their_product() {
         assert_eq!(
             describe("curl/8.5.0"),
-            ("Unknown device (curl)".to_owned(), DeviceType::Unknown)
+            ("curl".to_owned(), DeviceType::Unknown)
         );
         assert_eq!(
             DeviceInfo::from_user_agent(None).device_type,

@@ -1,0 +1,197 @@
+//! Shared test tooling: stores for every backend, and a store wrapper that counts, pauses and
+//! fails lookups.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use session_layer::store::{FoundSession, Invalidation, Liveness};
+use session_layer::{
+    MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore, StoreError,
+    TokenHash,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+pub fn memory() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new())
+}
+
+pub async fn sqlite() -> Arc<dyn SessionStore> {
+    Arc::new(sqlite_store().await)
+}
+
+pub async fn sqlite_store() -> SqliteStore {
+    let store = SqliteStore::connect(&test_support::sqlite_database("sessions"))
+        .await
+        .expect("open SQLite");
+    store.migrate().await.expect("migrate SQLite");
+    store
+}
+
+pub async fn postgres() -> Arc<dyn SessionStore> {
+    Arc::new(postgres_store(&test_support::postgres_database()).await)
+}
+
+pub async fn postgres_store(url: &str) -> PostgresStore {
+    let store = PostgresStore::connect(url)
+        .await
+        .expect("connect PostgreSQL");
+    store.migrate().await.expect("migrate PostgreSQL");
+    store
+}
+
+/// Wraps a store: counts token lookups, can hold them at a gate, and can fail every call.
+pub struct ProbeStore {
+    inner: Arc<dyn SessionStore>,
+    pub lookups: AtomicUsize,
+    pub failing: AtomicBool,
+    paused: AtomicBool,
+    /// Signalled when a lookup has read the store and is waiting at the gate.
+    pub lookup_waiting: Notify,
+    gate: Notify,
+}
+
+impl ProbeStore {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            lookups: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            lookup_waiting: Notify::new(),
+            gate: Notify::new(),
+        })
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// From now on, lookups read the store and then wait until [`release`](Self::release).
+    pub fn pause_lookups(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.gate.notify_waiters();
+    }
+
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::new(op, "simulated outage"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for ProbeStore {
+    async fn insert(
+        &self,
+        session: &Session,
+        token_hash: &TokenHash,
+        max_active: Option<u32>,
+        live: Liveness,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        self.check("insert")?;
+        self.inner
+            .insert(session, token_hash, max_active, live)
+            .await
+    }
+
+    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.check("find")?;
+        let found = self.inner.find_by_token(hash).await;
+        if self.paused.load(Ordering::SeqCst) {
+            let released = self.gate.notified();
+            self.lookup_waiting.notify_one();
+            released.await;
+        }
+        found
+    }
+
+    async fn rotate(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        current: &TokenHash,
+        new: &TokenHash,
+        live: Liveness,
+    ) -> Result<Option<Session>, StoreError> {
+        self.check("rotate")?;
+        self.inner
+            .rotate(user_id, session_id, current, new, live)
+            .await
+    }
+
+    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
+        self.check("list")?;
+        self.inner.list_active(user_id, live).await
+    }
+
+    async fn revoke(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<Option<TokenHash>, StoreError> {
+        self.check("revoke")?;
+        self.inner.revoke(user_id, session_id, reason, now).await
+    }
+
+    async fn revoke_all(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+        reason: RevocationReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        self.check("revoke all")?;
+        self.inner.revoke_all(user_id, except, reason, now).await
+    }
+
+    async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
+        self.check("touch")?;
+        self.inner.touch(touches).await
+    }
+
+    async fn cleanup(
+        &self,
+        now: OffsetDateTime,
+        revoked_before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.check("cleanup")?;
+        self.inner.cleanup(now, revoked_before).await
+    }
+
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
+        self.inner.subscribe()
+    }
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,455 @@
+//! One suite, every store: the SQL stores must behave exactly like the in-memory reference.
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use session_layer::store::{Liveness, TokenMatch};
+use session_layer::{DeviceType, RevocationReason, Session, SessionStore, SessionToken, TokenHash};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+/// A fixed "now" at microsecond precision (what the stores keep).
+fn base() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_000).unwrap()
+}
+
+fn live(now: OffsetDateTime) -> Liveness {
+    Liveness {
+        now,
+        idle_cutoff: now - Duration::days(1),
+    }
+}
+
+fn session(user_id: Uuid, created_at: OffsetDateTime) -> Session {
+    Session {
+        id: Uuid::now_v7(),
+        user_id,
+        device: "Chrome on Windows".into(),
+        device_type: DeviceType::Desktop,
+        device_name: Some("Work laptop".into()),
+        user_agent: Some("Mozilla/5.0 (Windows NT 10.0) Chrome/120".into()),
+        ip_address: Some("203.0.113.7".parse().unwrap()),
+        created_at,
+        last_active_at: created_at,
+        expires_at: created_at + Duration::days(7),
+        revoked_at: None,
+        revoked_reason: None,
+    }
+}
+
+fn hash() -> TokenHash {
+    SessionToken::generate().unwrap().hash()
+}
+
+async fn insert(store: &dyn SessionStore, s: &Session) -> TokenHash {
+    let h = hash();
+    let evicted = store.insert(s, &h, None, live(s.created_at)).await.unwrap();
+    assert!(evicted.is_empty());
+    h
+}
+
+async fn inserted_session_is_found_by_its_hash_with_every_field(store: Arc<dyn SessionStore>) {
+    let mut s = session(Uuid::now_v7(), base());
+    s.ip_address = Some("2001:db8::1".parse::<IpAddr>().unwrap());
+    let h = insert(&*store, &s).await;
+    let found = store.find_by_token(&h).await.unwrap().unwrap();
+    assert_eq!(found.matched, TokenMatch::Current);
+    assert_eq!(found.session, s);
+
+    let mut bare = session(Uuid::now_v7(), base());
+    bare.device_name = None;
+    bare.user_agent = None;
+    bare.ip_address = None;
+    bare.device_type = DeviceType::Unknown;
+    let h = insert(&*store, &bare).await;
+    assert_eq!(
+        store.find_by_token(&h).await.unwrap().unwrap().session,
+        bare
+    );
+
+    assert!(store.find_by_token(&hash()).await.unwrap().is_none());
+}
+
+async fn duplicate_token_hash_is_rejected(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let h = insert(&*store, &session(user, base())).await;
+    let again = store
+        .insert(&session(user, base()), &h, None, live(base()))
+        .await;
+    assert!(again.is_err());
+}
+
+async fn rotation_keeps_the_old_hash_as_previous(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let old = insert(&*store, &s).await;
+    let new = hash();
+    let rotated = store
+        .rotate(s.user_id, s.id, &old, &new, live(base()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.id, s.id);
+    assert_eq!(
+        rotated.expires_at, s.expires_at,
+        "rotation must not extend the lifetime"
+    );
+    let found = store.find_by_token(&new).await.unwrap().unwrap();
+    assert_eq!(found.matched, TokenMatch::Current);
+    let found = store.find_by_token(&old).await.unwrap().unwrap();
+    assert_eq!(found.matched, TokenMatch::Previous);
+    assert_eq!(found.session.id, s.id);
+    // The stale hash cannot rotate again.
+    assert!(
+        store
+            .rotate(s.user_id, s.id, &old, &hash(), live(base()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn concurrent_rotations_of_one_token_have_exactly_one_winner(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let old = insert(&*store, &s).await;
+    let attempts = (0..8).map(|_| {
+        let store = Arc::clone(&store);
+        let s = s.clone();
+        tokio::spawn(async move {
+            store
+                .rotate(s.user_id, s.id, &old, &hash(), live(base()))
+                .await
+                .unwrap()
+                .is_some()
+        })
+    });
+    let mut winners = 0;
+    for attempt in attempts.collect::<Vec<_>>() {
+        winners += usize::from(attempt.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn rotation_checks_owner_and_liveness(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let h = insert(&*store, &s).await;
+    let stranger = Uuid::now_v7();
+    assert!(
+        store
+            .rotate(stranger, s.id, &h, &hash(), live(base()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let after_expiry = s.expires_at + Duration::seconds(1);
+    assert!(
+        store
+            .rotate(s.user_id, s.id, &h, &hash(), live(after_expiry))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .revoke(s.user_id, s.id, RevocationReason::Logout, base())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .rotate(s.user_id, s.id, &h, &hash(), live(base()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn list_shows_only_the_users_live_sessions_most_recent_first(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let now = base();
+    let older = session(user, now - Duration::hours(3));
+    let mut recent = session(user, now - Duration::hours(2));
+    recent.last_active_at = now - Duration::minutes(1);
+    let middle = session(user, now - Duration::hours(1));
+    for s in [&older, &recent, &middle] {
+        insert(&*store, s).await;
+    }
+    let mut revoked = session(user, now - Duration::hours(1));
+    revoked.last_active_at = now;
+    insert(&*store, &revoked).await;
+    store
+        .revoke(user, revoked.id, RevocationReason::Logout, now)
+        .await
+        .unwrap();
+    let mut expired = session(user, now - Duration::days(8));
+    expired.last_active_at = now - Duration::hours(20);
+    insert(&*store, &expired).await;
+    let mut idle = session(user, now - Duration::days(3));
+    idle.last_active_at = now - Duration::days(2);
+    insert(&*store, &idle).await;
+    insert(&*store, &session(Uuid::now_v7(), now)).await;
+
+    let ids: Vec<Uuid> = store
+        .list_active(user, live(now))
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [recent.id, middle.id, older.id]);
+}
+
+async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let h = insert(&*store, &s).await;
+    let stranger = Uuid::now_v7();
+    assert_eq!(
+        store
+            .revoke(stranger, s.id, RevocationReason::RevokedByUser, base())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .find_by_token(&h)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .revoked_at
+            .is_none()
+    );
+    let later = base() + Duration::seconds(5);
+    assert_eq!(
+        store
+            .revoke(s.user_id, s.id, RevocationReason::RevokedByUser, later)
+            .await
+            .unwrap(),
+        Some(h)
+    );
+    let found = store.find_by_token(&h).await.unwrap().unwrap().session;
+    assert_eq!(found.revoked_at, Some(later));
+    assert_eq!(found.revoked_reason, Some(RevocationReason::RevokedByUser));
+    assert_eq!(
+        store
+            .revoke(s.user_id, s.id, RevocationReason::Logout, later)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_by_token(&h)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .revoked_reason,
+        Some(RevocationReason::RevokedByUser),
+        "a second revocation must not overwrite the first reason"
+    );
+}
+
+async fn revoke_all_spares_the_excepted_session_and_other_users(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let keep = session(user, base());
+    let keep_hash = insert(&*store, &keep).await;
+    let a = insert(&*store, &session(user, base())).await;
+    let b = insert(&*store, &session(user, base())).await;
+    let other = insert(&*store, &session(Uuid::now_v7(), base())).await;
+    let mut revoked = store
+        .revoke_all(
+            user,
+            Some(keep.id),
+            RevocationReason::PasswordChange,
+            base(),
+        )
+        .await
+        .unwrap();
+    revoked.sort_by_key(|h| *h.as_bytes());
+    let mut expected = vec![a, b];
+    expected.sort_by_key(|h| *h.as_bytes());
+    assert_eq!(revoked, expected);
+    for h in [keep_hash, other] {
+        assert!(
+            store
+                .find_by_token(&h)
+                .await
+                .unwrap()
+                .unwrap()
+                .session
+                .revoked_at
+                .is_none()
+        );
+    }
+    let all = store
+        .revoke_all(user, None, RevocationReason::PasswordReset, base())
+        .await
+        .unwrap();
+    assert_eq!(all, vec![keep_hash]);
+}
+
+async fn session_limit_revokes_the_least_recently_active(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let now = base();
+    let mut first = session(user, now - Duration::hours(3));
+    first.last_active_at = now - Duration::minutes(1);
+    // Ties on last_active_at: the older session counts as less recently active.
+    let second = session(user, now - Duration::hours(2));
+    let mut tied_newer = session(user, now - Duration::hours(1));
+    tied_newer.last_active_at = second.last_active_at;
+    let h_first = insert(&*store, &first).await;
+    let h_second = insert(&*store, &second).await;
+    let h_tied = insert(&*store, &tied_newer).await;
+
+    let newest = session(user, now);
+    let evicted = store
+        .insert(&newest, &hash(), Some(3), live(now))
+        .await
+        .unwrap();
+    assert_eq!(evicted, vec![h_second]);
+    let gone = store
+        .find_by_token(&h_second)
+        .await
+        .unwrap()
+        .unwrap()
+        .session;
+    assert_eq!(gone.revoked_reason, Some(RevocationReason::SessionLimit));
+    for h in [h_first, h_tied] {
+        assert!(
+            store
+                .find_by_token(&h)
+                .await
+                .unwrap()
+                .unwrap()
+                .session
+                .revoked_at
+                .is_none()
+        );
+    }
+    let evicted = store
+        .insert(&session(user, now), &hash(), Some(1), live(now))
+        .await
+        .unwrap();
+    assert_eq!(evicted.len(), 3);
+    assert_eq!(store.list_active(user, live(now)).await.unwrap().len(), 1);
+}
+
+async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let h = insert(&*store, &s).await;
+    let later = base() + Duration::seconds(90);
+    store
+        .touch(&[
+            (s.id, later),
+            (s.id, base() + Duration::seconds(30)),
+            (Uuid::now_v7(), later),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_by_token(&h)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .last_active_at,
+        later
+    );
+    store.touch(&[(s.id, base())]).await.unwrap();
+    assert_eq!(
+        store
+            .find_by_token(&h)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .last_active_at,
+        later
+    );
+    store
+        .revoke(s.user_id, s.id, RevocationReason::Logout, later)
+        .await
+        .unwrap();
+    store
+        .touch(&[(s.id, later + Duration::hours(1))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_by_token(&h)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .last_active_at,
+        later
+    );
+    store.touch(&[]).await.unwrap();
+}
+
+async fn cleanup_deletes_expired_and_long_revoked_rows_only(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let now = base();
+    let live_one = insert(&*store, &session(user, now)).await;
+    let expired = insert(&*store, &session(user, now - Duration::days(8))).await;
+    let old_revoked = session(user, now - Duration::days(5));
+    let h_old = insert(&*store, &old_revoked).await;
+    store
+        .revoke(
+            user,
+            old_revoked.id,
+            RevocationReason::Logout,
+            now - Duration::days(4),
+        )
+        .await
+        .unwrap();
+    let fresh_revoked = session(user, now - Duration::hours(1));
+    let h_fresh = insert(&*store, &fresh_revoked).await;
+    store
+        .revoke(user, fresh_revoked.id, RevocationReason::Logout, now)
+        .await
+        .unwrap();
+
+    let deleted = store.cleanup(now, now - Duration::days(1)).await.unwrap();
+    assert_eq!(deleted, 2);
+    assert!(store.find_by_token(&expired).await.unwrap().is_none());
+    assert!(store.find_by_token(&h_old).await.unwrap().is_none());
+    assert!(store.find_by_token(&live_one).await.unwrap().is_some());
+    assert!(store.find_by_token(&h_fresh).await.unwrap().is_some());
+}
+
+macro_rules! store_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            store_suite!(@tests $make;
+                inserted_session_is_found_by_its_hash_with_every_field,
+                duplicate_token_hash_is_rejected,
+                rotation_keeps_the_old_hash_as_previous,
+                concurrent_rotations_of_one_token_have_exactly_one_winner,
+                rotation_checks_owner_and_liveness,
+                list_shows_only_the_users_live_sessions_most_recent_first,
+                revoke_is_scoped_to_the_owner_and_happens_once,
+                revoke_all_spares_the_excepted_session_and_other_users,
+                session_limit_revokes_the_least_recently_active,
+                touch_only_moves_last_active_forward_on_live_sessions,
+                cleanup_deletes_expired_and_long_revoked_rows_only,
+            );
+        }
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($make.await).await;
+            }
+        )*
+    };
+}
+
+store_suite!(memory, async { common::memory() });
+store_suite!(sqlite, common::sqlite());
+store_suite!(postgres, common::postgres());
