@@ -1,0 +1,163 @@
+//! Several instances on one PostgreSQL database: revocations cross instances, a lost
+//! notification connection empties the cache, and a database outage fails closed.
+
+mod common;
+
+use std::time::Duration;
+
+use session_layer::{Error, NewSession, RevocationReason, SessionConfig, SessionManager};
+use uuid::Uuid;
+
+async fn instance(url: &str) -> SessionManager {
+    SessionManager::new(common::postgres_store(url).await, SessionConfig::default()).unwrap()
+}
+
+/// Validates on `manager` until the session is served from its cache (its feed is listening).
+async fn cached_on(manager: &SessionManager, token: &str) {
+    let cached = common::eventually(Duration::from_secs(10), async || {
+        assert!(manager.validate(token).await.unwrap().is_some());
+        manager.sync_cache().await;
+        manager.cached_sessions() == 1
+    })
+    .await;
+    assert!(cached, "the session never reached the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
+    let url = test_support::postgres_database();
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let user = Uuid::now_v7();
+    for reason in [
+        RevocationReason::RevokedByUser,
+        RevocationReason::PasswordReset,
+    ] {
+        let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+        let token = token.expose();
+        cached_on(&b, &token).await;
+        match reason {
+            RevocationReason::RevokedByUser => a.revoke(user, session.id, reason).await.unwrap(),
+            _ => assert_eq!(a.revoke_all(user, reason).await.unwrap(), 1),
+        }
+        // NOTIFY is delivered asynchronously; it must land well within a second.
+        let refused = common::eventually(Duration::from_secs(2), async || {
+            b.validate(&token).await.unwrap().is_none()
+        })
+        .await;
+        assert!(refused, "instance B still accepts a token revoked on A");
+        for _ in 0..20 {
+            assert!(b.validate(&token).await.unwrap().is_none());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_on_one_instance_kills_the_old_token_on_another() {
+    let url = test_support::postgres_database();
+    let (a, b) = (instance(&url).await, instance(&url).await);
+    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let old = token.expose();
+    cached_on(&b, &old).await;
+    let current = a.validate(&old).await.unwrap().unwrap();
+    let (new, _) = a.rotate(&current).await.unwrap();
+    let refused = common::eventually(Duration::from_secs(2), async || {
+        b.validate(&old).await.unwrap().is_none()
+    })
+    .await;
+    assert!(refused, "instance B still accepts a rotated-out token");
+    // Presenting the old token on B was reuse: the session is gone everywhere.
+    assert!(a.validate(&new.expose()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_notification_connection_empties_the_cache() {
+    let url = test_support::postgres_database();
+    let manager = instance(&url).await;
+    let user = Uuid::now_v7();
+    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let token = token.expose();
+    cached_on(&manager, &token).await;
+
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    // Revoke behind the library's back (no NOTIFY), then cut the listener: the notification
+    // that would have told this instance is lost, so only emptying the cache saves us.
+    sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'admin' WHERE id = $1")
+        .bind(session.id)
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert!(
+        manager.validate(&token).await.unwrap().is_some(),
+        "precondition: the cache still serves the session"
+    );
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    let refused = common::eventually(Duration::from_secs(5), async || {
+        manager.validate(&token).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        refused,
+        "a revoked session was served after the listener connection was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_under_load_fails_closed_and_recovers() {
+    let server = test_support::dedicated_postgres();
+    let manager = instance(&server.database_url()).await;
+    let (token, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
+    let token = token.expose();
+    cached_on(&manager, &token).await;
+
+    let load = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..400 {
+                outcomes.push(match manager.validate(&token).await {
+                    Ok(Some(_)) => "ok",
+                    Ok(None) => "refused",
+                    Err(Error::Store(_)) => "unavailable",
+                    Err(other) => panic!("unexpected {other}"),
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            outcomes
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.start();
+    let outcomes = load.await.unwrap();
+
+    // Once the outage was noticed, nothing was served from memory until the database was back.
+    let first_unavailable = outcomes
+        .iter()
+        .position(|o| *o == "unavailable")
+        .expect("the outage was never noticed");
+    let recovered = outcomes[first_unavailable..]
+        .iter()
+        .position(|o| *o == "ok")
+        .map(|i| i + first_unavailable);
+    let outage = &outcomes[first_unavailable..recovered.unwrap_or(outcomes.len())];
+    assert!(outage.iter().all(|o| *o == "unavailable"), "{outage:?}");
+    assert!(
+        !outcomes.contains(&"refused"),
+        "an outage must not look like a bad token"
+    );
+    let back = common::eventually(Duration::from_secs(10), async || {
+        matches!(manager.validate(&token).await, Ok(Some(_)))
+    })
+    .await;
+    assert!(back, "the session did not come back after the database did");
+}

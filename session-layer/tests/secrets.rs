@@ -1,0 +1,162 @@
+//! Nothing secret at rest or in logs: after a full lifecycle, no stored row holds a token in any
+//! form, and no log line holds a token or its hash.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use base64::Engine as _;
+use session_layer::{NewSession, RevocationReason, SessionConfig, SessionManager, SessionStore};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// Every log line of this test binary, at TRACE, from every crate (sqlx included).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs every operation, including failures and token reuse; returns the secrets it saw.
+async fn lifecycle(store: Arc<dyn SessionStore>) -> Vec<String> {
+    let probe = common::ProbeStore::new(store);
+    let manager = SessionManager::from_arc(probe.clone(), SessionConfig::default()).unwrap();
+    let user = Uuid::now_v7();
+    let mut secrets = Vec::new();
+    let mut remember = |token: &session_layer::SessionToken| {
+        let encoded = token.expose();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&encoded)
+            .unwrap();
+        let raw_hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        secrets.push(encoded);
+        secrets.push(raw_hex);
+    };
+    let (first, _) = manager
+        .create(
+            NewSession::new(user)
+                .user_agent(Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0"))
+                .device_name(Some("laptop")),
+        )
+        .await
+        .unwrap();
+    remember(&first);
+    let (second, second_session) = manager.create(NewSession::new(user)).await.unwrap();
+    remember(&second);
+    let current = manager.validate(&first.expose()).await.unwrap().unwrap();
+    let (rotated, _) = manager.rotate(&current).await.unwrap();
+    remember(&rotated);
+    // Reuse of the rotated-out token: logged as a warning, session revoked.
+    assert!(manager.validate(&first.expose()).await.unwrap().is_none());
+    manager.list(user).await.unwrap();
+    manager
+        .revoke(user, second_session.id, RevocationReason::Logout)
+        .await
+        .unwrap();
+    probe.fail(true);
+    let (third, _) = {
+        probe.fail(false);
+        manager.create(NewSession::new(user)).await.unwrap()
+    };
+    remember(&third);
+    probe.fail(true);
+    let error = manager.validate(&third.expose()).await.unwrap_err();
+    secrets
+        .iter()
+        .for_each(|s| assert!(!error.to_string().contains(s)));
+    probe.fail(false);
+    manager
+        .revoke_all(user, RevocationReason::Admin)
+        .await
+        .unwrap();
+    manager.shutdown().await;
+    // A log line must not carry the hash either.
+    let hashes: Vec<String> = [&first, &second, &rotated, &third]
+        .iter()
+        .map(|t| t.hash().to_hex())
+        .collect();
+    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("rotated-out session token presented again"),
+        "logs were not captured"
+    );
+    for secret in secrets.iter().chain(&hashes) {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a log line contains a token or hash"
+        );
+    }
+    secrets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_in_sqlite_rows_or_logs() {
+    captured_logs();
+    let store = common::sqlite_store().await;
+    let pool = store.pool().clone();
+    let secrets = lifecycle(Arc::new(store)).await;
+    let rows = sqlx::query(
+        "SELECT hex(id) || hex(user_id) || hex(token_hash) || coalesce(hex(previous_token_hash), '') \
+         || device || device_type || coalesce(device_name, '') || coalesce(user_agent, '') \
+         || coalesce(ip_address, '') || coalesce(revoked_reason, '') AS dump FROM sessions",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let dump: String = row.get("dump");
+        let dump = dump.to_lowercase();
+        for secret in &secrets {
+            assert!(
+                !dump.contains(&secret.to_lowercase()),
+                "a stored row contains a token"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_in_postgres_rows_or_logs() {
+    captured_logs();
+    let store = common::postgres_store(&test_support::postgres_database()).await;
+    let pool = store.pool().clone();
+    let secrets = lifecycle(Arc::new(store)).await;
+    let rows = sqlx::query("SELECT row_to_json(s)::text AS dump FROM sessions s")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let dump: String = row.get("dump");
+        let dump = dump.to_lowercase();
+        for secret in &secrets {
+            assert!(
+                !dump.contains(&secret.to_lowercase()),
+                "a stored row contains a token"
+            );
+        }
+    }
+}
