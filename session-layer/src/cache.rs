@@ -144,10 +144,10 @@ impl SessionCache {
                 .time_to_live(ttl)
                 .eviction_listener(move |_hash, entry: Arc<SessionEntry>, cause| {
                     // A use seen only in memory would be lost with the entry; queue it.
-                    if cause != RemovalCause::Replaced {
-                        if let Some(used) = entry.unwritten_use() {
-                            touches.touch(entry.session.id, used);
-                        }
+                    if cause != RemovalCause::Replaced
+                        && let Some(used) = entry.unwritten_use()
+                    {
+                        touches.touch(entry.session.id, used);
                     }
                 })
                 .build()

@@ -57,7 +57,6 @@ impl Default for SessionConfig {
 
 impl SessionConfig {
     /// Starts from the defaults in the table above.
-    #[must_use]
     pub fn builder() -> SessionConfigBuilder {
         SessionConfigBuilder(Self::default())
     }

@@ -3,9 +3,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use session_layer::{Error, NewSession, RevocationReason, SessionConfig, SessionManager};
+use session_layer::{
+    Error, NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager,
+};
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 async fn instance(url: &str) -> SessionManager {
@@ -109,8 +114,16 @@ async fn lost_notification_connection_empties_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_under_load_fails_closed_and_recovers() {
-    let server = test_support::dedicated_postgres();
-    let manager = instance(&server.database_url()).await;
+    let server = Arc::new(test_support::dedicated_postgres());
+    // A short acquire timeout, so a lookup during the outage fails instead of waiting it out.
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect(&server.database_url())
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    store.migrate().await.unwrap();
+    let manager = SessionManager::new(store, SessionConfig::default()).unwrap();
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
@@ -118,11 +131,12 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
     let token = token.expose();
     cached_on(&manager, &token).await;
 
+    let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
+        let (manager, token, done) = (manager.clone(), token.clone(), done.clone());
         async move {
             let mut outcomes = Vec::new();
-            for _ in 0..400 {
+            while !done.load(Ordering::SeqCst) {
                 outcomes.push(match manager.validate(&token).await {
                     Ok(Some(_)) => "ok",
                     Ok(None) => "refused",
@@ -135,10 +149,22 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.stop();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.start();
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let starting = server.clone();
+    tokio::task::spawn_blocking(move || starting.start())
+        .await
+        .unwrap();
+    let back = common::eventually(Duration::from_secs(15), async || {
+        matches!(manager.validate(&token).await, Ok(Some(_)))
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
     let outcomes = load.await.unwrap();
+    assert!(back, "the session did not come back after the database did");
 
     // Once the outage was noticed, nothing was served from memory until the database was back.
     let first_unavailable = outcomes
@@ -155,9 +181,4 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         !outcomes.contains(&"refused"),
         "an outage must not look like a bad token"
     );
-    let back = common::eventually(Duration::from_secs(10), async || {
-        matches!(manager.validate(&token).await, Ok(Some(_)))
-    })
-    .await;
-    assert!(back, "the session did not come back after the database did");
 }
