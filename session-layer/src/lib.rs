@@ -6,12 +6,24 @@
 //! next request, even though validations are cached.
 //!
 //! ```
-//! use axum::{Json, Router, routing::{get, post}};
-//! use axum::extract::State;
+//! use axum::{Router, extract::State, http::{Request, StatusCode}, routing::{get, post}};
 //! use session_layer::{
 //!     CurrentSession, NewSession, RevocationReason, SessionConfig, SessionLayer, SessionManager,
 //!     SqliteStore,
 //! };
+//! use tower::ServiceExt; // for `oneshot`, to call the app without a server
+//!
+//! async fn me(session: CurrentSession) -> String {
+//!     format!("{} on {}", session.user_id(), session.device())
+//! }
+//!
+//! async fn sign_out_others(
+//!     State(sessions): State<SessionManager>,
+//!     current: CurrentSession,
+//! ) -> Result<String, StatusCode> {
+//!     let revoked = sessions.revoke_others(&current, RevocationReason::RevokedByUser).await;
+//!     revoked.map(|n| n.to_string()).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,18 +32,26 @@
 //! let sessions = SessionManager::new(store, SessionConfig::default())?;
 //!
 //! let app = Router::new()
-//!     .route("/me", get(|s: CurrentSession| async move { s.user_id().to_string() }))
-//!     .route("/sign-out-others", post(|State(m): State<SessionManager>, s: CurrentSession| async move {
-//!         m.revoke_others(&s, RevocationReason::RevokedByUser).await.map(|n| n.to_string())
-//!             .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
-//!     }))
+//!     .route("/me", get(me))
+//!     .route("/sessions/revoke-others", post(sign_out_others))
 //!     .layer(SessionLayer::new(sessions.clone()))
 //!     .with_state(sessions.clone());
 //!
-//! // At sign-in (after checking the password), issue a token for the client:
-//! let (token, session) = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await?;
+//! // At sign-in, after checking the password: issue a token and hand it to the client.
+//! let user_id = uuid::Uuid::now_v7();
+//! let (token, session) = sessions.create(NewSession::new(user_id)).await?;
 //! let cookie = sessions.config().cookie().session_cookie(&token, session.expires_at);
-//! # let _ = (app, cookie);
+//!
+//! // The client sends it back; the layer resolves it to the session.
+//! let request = Request::get("/me")
+//!     .header("cookie", format!("{}={}", cookie.name(), cookie.value()))
+//!     .body(axum::body::Body::empty())?;
+//! let response = app.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//!
+//! // Without a token, `CurrentSession` answers 401 by itself.
+//! let anonymous = app.oneshot(Request::get("/me").body(axum::body::Body::empty())?).await?;
+//! assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 //! # Ok(()) }
 //! ```
 //!

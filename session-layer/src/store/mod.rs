@@ -5,8 +5,6 @@
 //! another account matches nothing. Revocation is a soft delete: the row keeps `revoked_at` and
 //! `revoked_reason` until [`SessionStore::cleanup`] purges it.
 
-use std::net::IpAddr;
-
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -150,15 +148,3 @@ pub trait SessionStore: Send + Sync + 'static {
 
 /// Longest device name kept, in bytes.
 pub(crate) const MAX_DEVICE_NAME_LEN: usize = 100;
-
-/// Parses an IP column written by a store; a value it cannot read is dropped, not fatal.
-#[cfg(feature = "sqlite")]
-pub(crate) fn parse_ip(text: Option<String>) -> Option<IpAddr> {
-    text.and_then(|t| t.parse().ok())
-}
-
-/// Shared shape of the IP argument for stores that keep it as text.
-#[cfg(feature = "sqlite")]
-pub(crate) fn ip_text(ip: Option<IpAddr>) -> Option<String> {
-    ip.map(|ip| ip.to_string())
-}

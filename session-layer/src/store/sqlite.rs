@@ -1,5 +1,6 @@
 //! SQLite store, for a single instance (the demo's default, small deployments, tests).
 
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{FoundSession, Liveness, SessionStore, TokenMatch, ip_text, parse_ip};
+use super::{FoundSession, Liveness, SessionStore, TokenMatch};
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
@@ -97,6 +98,15 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::new(operation, e))
     }
+}
+
+/// Reads an IP column; a value that does not parse is dropped, not fatal.
+fn parse_ip(text: Option<String>) -> Option<IpAddr> {
+    text.and_then(|t| t.parse().ok())
+}
+
+fn ip_text(ip: Option<IpAddr>) -> Option<String> {
+    ip.map(|ip| ip.to_string())
 }
 
 /// Timestamps are stored as integer microseconds since the epoch (UTC).
