@@ -1,6 +1,7 @@
 //! [`SessionManager`]: create, validate, rotate, list, revoke, clean up.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -98,6 +99,10 @@ struct Inner {
     touches: TouchSender,
     idle_us: i64,
     touch_interval_us: i64,
+    /// When a token lookup last failed. Lookups for one token run one at a time, so without
+    /// this, requests queued behind a failing lookup would each wait out their own failure.
+    last_lookup_failure_us: AtomicI64,
+    counters: metrics::Counters,
     /// Dropped with the manager, which stops the invalidation relay.
     _stop_relay: Option<oneshot::Sender<()>>,
 }
@@ -157,6 +162,8 @@ impl SessionManager {
                 config,
                 cache,
                 touches,
+                last_lookup_failure_us: AtomicI64::new(i64::MIN),
+                counters: metrics::Counters::register(),
                 _stop_relay: stop_relay,
             }),
         })
@@ -232,11 +239,12 @@ impl SessionManager {
     ) -> Option<Option<Arc<SessionEntry>>> {
         let inner = &self.inner;
         let entry = inner.cache.peek(hash)?;
-        match entry.use_at(now_us(), inner.idle_us, inner.touch_interval_us) {
+        let now = now_us();
+        match entry.use_at(now, inner.idle_us, inner.touch_interval_us) {
             Usability::Usable { touch_due } => {
-                ::metrics::counter!(metrics::CACHE_HITS).increment(1);
+                inner.counters.cache_hits.increment(1);
                 if touch_due {
-                    inner.touches.touch(entry.session.id, now_us());
+                    inner.touches.touch(entry.session.id, now);
                 }
                 Some(Some(entry))
             }
@@ -252,7 +260,7 @@ impl SessionManager {
         hash: TokenHash,
     ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
         let inner = &self.inner;
-        ::metrics::counter!(metrics::CACHE_MISSES).increment(1);
+        inner.counters.cache_misses.increment(1);
         let now_us = now_us();
         let loaded = inner
             .cache
@@ -281,7 +289,7 @@ impl SessionManager {
             }
             Loaded::Other(Verdict::Unusable) => Ok(None),
             Loaded::Other(Verdict::Failed(error)) => {
-                ::metrics::counter!(metrics::STORE_ERRORS).increment(1);
+                inner.counters.store_errors.increment(1);
                 tracing::error!(%error, "session lookup failed; request treated as unauthenticated-unavailable");
                 Err(error)
             }
@@ -293,11 +301,22 @@ impl SessionManager {
     }
 
     async fn load(&self, hash: TokenHash, now_us: i64) -> LoadResult<Verdict> {
-        ::metrics::counter!(metrics::STORE_QUERIES).increment(1);
+        let failures = &self.inner.last_lookup_failure_us;
+        if failures.load(Ordering::Acquire) >= now_us {
+            // A lookup that started no earlier than this request failed: share its outcome.
+            return LoadResult::Other(Verdict::Failed(StoreError::new(
+                "look up a session",
+                "a lookup queued ahead of this one just failed",
+            )));
+        }
+        self.inner.counters.store_queries.increment(1);
         let found = match self.inner.store.find_by_token(&hash).await {
             Ok(Some(found)) => found,
             Ok(None) => return LoadResult::Other(Verdict::Unusable),
-            Err(error) => return LoadResult::Other(Verdict::Failed(error)),
+            Err(error) => {
+                failures.fetch_max(crate::cache::now_us(), Ordering::AcqRel);
+                return LoadResult::Other(Verdict::Failed(error));
+            }
         };
         let session = found.session;
         match found.matched {
@@ -318,7 +337,7 @@ impl SessionManager {
         if session.revoked_at.is_some() {
             return;
         }
-        ::metrics::counter!(metrics::TOKEN_REUSE).increment(1);
+        self.inner.counters.token_reuse.increment(1);
         tracing::warn!(
             session_id = %session.id,
             user_id = %session.user_id,
@@ -504,7 +523,7 @@ impl SessionManager {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         call.await.inspect_err(|error| {
-            ::metrics::counter!(metrics::STORE_ERRORS).increment(1);
+            self.inner.counters.store_errors.increment(1);
             tracing::error!(%error, "session store call failed");
         })
     }

@@ -1,6 +1,9 @@
 //! Names of the counters this crate records through the [`metrics`](https://docs.rs/metrics)
 //! facade. Install any recorder (Prometheus exporter, StatsD, ...) to export them; without one
 //! they cost next to nothing.
+//!
+//! Install the recorder before building the [`SessionManager`](crate::SessionManager): it
+//! registers its counters once, at construction, so the request path only increments them.
 
 /// Requests whose session came from the in-process cache.
 pub const CACHE_HITS: &str = "session_layer_cache_hits_total";
@@ -14,3 +17,25 @@ pub const REVOCATIONS: &str = "session_layer_revocations_total";
 pub const STORE_ERRORS: &str = "session_layer_store_errors_total";
 /// Rotated-out tokens presented again (each revokes its session).
 pub const TOKEN_REUSE: &str = "session_layer_token_reuse_total";
+
+/// Counter handles registered once per manager, so a request does no registry lookup.
+#[derive(Clone)]
+pub(crate) struct Counters {
+    pub(crate) cache_hits: metrics::Counter,
+    pub(crate) cache_misses: metrics::Counter,
+    pub(crate) store_queries: metrics::Counter,
+    pub(crate) store_errors: metrics::Counter,
+    pub(crate) token_reuse: metrics::Counter,
+}
+
+impl Counters {
+    pub(crate) fn register() -> Self {
+        Self {
+            cache_hits: metrics::counter!(CACHE_HITS),
+            cache_misses: metrics::counter!(CACHE_MISSES),
+            store_queries: metrics::counter!(STORE_QUERIES),
+            store_errors: metrics::counter!(STORE_ERRORS),
+            token_reuse: metrics::counter!(TOKEN_REUSE),
+        }
+    }
+}

@@ -59,7 +59,10 @@ async fn random_and_mutated_credentials_never_crash_or_5xx() {
         .build()
         .unwrap();
     let manager = SessionManager::new(MemoryStore::new(), config).unwrap();
-    let (token, _) = manager.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
     let valid = token.expose();
     let app = Router::new()
         .route("/", get(|_: CurrentSession| async { "ok" }))
@@ -79,9 +82,18 @@ async fn random_and_mutated_credentials_never_crash_or_5xx() {
         let pick = rng.below(seeds.len());
         let raw = mutate(&mut rng, &seeds[pick]);
         // Bytes that cannot form a header value never reach a service.
-        let Ok(value) = HeaderValue::from_bytes(&raw) else { continue };
-        let name = if rng.below(2) == 0 { "authorization" } else { "cookie" };
-        let request = Request::get("/").header(name, value).body(Body::empty()).unwrap();
+        let Ok(value) = HeaderValue::from_bytes(&raw) else {
+            continue;
+        };
+        let name = if rng.below(2) == 0 {
+            "authorization"
+        } else {
+            "cookie"
+        };
+        let request = Request::get("/")
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap();
         let status = app.clone().oneshot(request).await.unwrap().status();
         assert!(
             status == StatusCode::OK || status == StatusCode::UNAUTHORIZED,
@@ -95,5 +107,8 @@ async fn random_and_mutated_credentials_never_crash_or_5xx() {
             let _ = TokenHash::from_hex(text);
         }
     }
-    assert!(accepted > 0, "no mutation left a valid credential; the test lost its seeds");
+    assert!(
+        accepted > 0,
+        "no mutation left a valid credential; the test lost its seeds"
+    );
 }

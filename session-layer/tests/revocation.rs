@@ -254,3 +254,34 @@ async fn revoke_others_keeps_only_the_current_session() {
     ));
     assert!(manager.validate(&tokens[0]).await.unwrap().is_some());
 }
+
+/// Lookups of one token run one at a time; when the store fails, the requests queued behind the
+/// failing lookup must fail with it instead of each waiting out a failure of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_failed_lookup_share_its_failure() {
+    let probe = common::ProbeStore::new(common::memory());
+    let manager = manager_over(probe.clone());
+    let (token, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
+    let token = Arc::new(token.expose());
+    probe.fail(true);
+    probe.pause_lookups();
+    let waiting = probe.lookup_waiting.notified();
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let (manager, token) = (manager.clone(), token.clone());
+            tokio::spawn(async move { manager.validate(&token).await })
+        })
+        .collect();
+    waiting.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe.release();
+    for request in requests {
+        assert!(matches!(request.await.unwrap(), Err(Error::Store(_))));
+    }
+    assert_eq!(probe.lookups(), 1);
+    probe.fail(false);
+    assert!(manager.validate(&token).await.unwrap().is_some());
+}

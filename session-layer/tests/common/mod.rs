@@ -112,13 +112,13 @@ impl SessionStore for ProbeStore {
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        self.check("find")?;
         let found = self.inner.find_by_token(hash).await;
         if self.paused.load(Ordering::SeqCst) {
             let released = self.gate.notified();
             self.lookup_waiting.notify_one();
             released.await;
         }
+        self.check("find")?;
         found
     }
 
