@@ -59,21 +59,6 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
     assert_eq!(late_successes.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revoke_then_use_never_succeeds_under_concurrency_memory() {
-    revoke_then_use_never_succeeds_under_concurrency(common::memory()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revoke_then_use_never_succeeds_under_concurrency_sqlite() {
-    revoke_then_use_never_succeeds_under_concurrency(common::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revoke_then_use_never_succeeds_under_concurrency_postgres() {
-    revoke_then_use_never_succeeds_under_concurrency(common::postgres().await).await;
-}
-
 /// The moka trap: a load that read the row before the revocation must not re-cache it after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_in_flight_during_revocation_cannot_recache_the_session() {
@@ -176,21 +161,6 @@ async fn rotation_race_has_one_winner_and_reuse_revokes_the_session(store: Arc<d
     assert!(manager.list(user).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_race_has_one_winner_and_reuse_revokes_the_session_memory() {
-    rotation_race_has_one_winner_and_reuse_revokes_the_session(common::memory()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_race_has_one_winner_and_reuse_revokes_the_session_sqlite() {
-    rotation_race_has_one_winner_and_reuse_revokes_the_session(common::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_race_has_one_winner_and_reuse_revokes_the_session_postgres() {
-    rotation_race_has_one_winner_and_reuse_revokes_the_session(common::postgres().await).await;
-}
-
 #[tokio::test]
 async fn session_limit_eviction_is_refused_even_when_cached() {
     let config = SessionConfig::builder()
@@ -285,3 +255,36 @@ async fn requests_queued_behind_a_failed_lookup_share_its_failure() {
     probe.fail(false);
     assert!(manager.validate(&token).await.unwrap().is_some());
 }
+
+/// Runs a scenario against every store.
+macro_rules! on_every_store {
+    ($($scenario:ident),* $(,)?) => {
+        mod every_store {
+            $(
+                mod $scenario {
+                    use super::super::*;
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn memory() {
+                        $scenario(common::memory()).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn sqlite() {
+                        $scenario(common::sqlite().await).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn postgres() {
+                        $scenario(common::postgres().await).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    revoke_then_use_never_succeeds_under_concurrency,
+    rotation_race_has_one_winner_and_reuse_revokes_the_session,
+);

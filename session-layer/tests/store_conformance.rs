@@ -43,6 +43,16 @@ fn hash() -> TokenHash {
     SessionToken::generate().unwrap().hash()
 }
 
+/// The stored session behind a hash that must exist.
+async fn stored(store: &dyn SessionStore, hash: &TokenHash) -> Session {
+    store
+        .find_by_token(hash)
+        .await
+        .unwrap()
+        .expect("stored session")
+        .session
+}
+
 async fn insert(store: &dyn SessionStore, s: &Session) -> TokenHash {
     let h = hash();
     let evicted = store.insert(s, &h, None, live(s.created_at)).await.unwrap();
@@ -64,10 +74,7 @@ async fn inserted_session_is_found_by_its_hash_with_every_field(store: Arc<dyn S
     bare.ip_address = None;
     bare.device_type = DeviceType::Unknown;
     let h = insert(&*store, &bare).await;
-    assert_eq!(
-        store.find_by_token(&h).await.unwrap().unwrap().session,
-        bare
-    );
+    assert_eq!(stored(&*store, &h).await, bare);
 
     assert!(store.find_by_token(&hash()).await.unwrap().is_none());
 }
@@ -209,16 +216,7 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
             .unwrap(),
         None
     );
-    assert!(
-        store
-            .find_by_token(&h)
-            .await
-            .unwrap()
-            .unwrap()
-            .session
-            .revoked_at
-            .is_none()
-    );
+    assert!(stored(&*store, &h).await.revoked_at.is_none());
     let later = base() + Duration::seconds(5);
     assert_eq!(
         store
@@ -227,7 +225,7 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
             .unwrap(),
         Some(h)
     );
-    let found = store.find_by_token(&h).await.unwrap().unwrap().session;
+    let found = stored(&*store, &h).await;
     assert_eq!(found.revoked_at, Some(later));
     assert_eq!(found.revoked_reason, Some(RevocationReason::RevokedByUser));
     assert_eq!(
@@ -238,13 +236,7 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
         None
     );
     assert_eq!(
-        store
-            .find_by_token(&h)
-            .await
-            .unwrap()
-            .unwrap()
-            .session
-            .revoked_reason,
+        stored(&*store, &h).await.revoked_reason,
         Some(RevocationReason::RevokedByUser),
         "a second revocation must not overwrite the first reason"
     );
@@ -271,16 +263,7 @@ async fn revoke_all_spares_the_excepted_session_and_other_users(store: Arc<dyn S
     expected.sort_by_key(|h| *h.as_bytes());
     assert_eq!(revoked, expected);
     for h in [keep_hash, other] {
-        assert!(
-            store
-                .find_by_token(&h)
-                .await
-                .unwrap()
-                .unwrap()
-                .session
-                .revoked_at
-                .is_none()
-        );
+        assert!(stored(&*store, &h).await.revoked_at.is_none());
     }
     let all = store
         .revoke_all(user, None, RevocationReason::PasswordReset, base())
@@ -308,24 +291,10 @@ async fn session_limit_revokes_the_least_recently_active(store: Arc<dyn SessionS
         .await
         .unwrap();
     assert_eq!(evicted, vec![h_second]);
-    let gone = store
-        .find_by_token(&h_second)
-        .await
-        .unwrap()
-        .unwrap()
-        .session;
+    let gone = stored(&*store, &h_second).await;
     assert_eq!(gone.revoked_reason, Some(RevocationReason::SessionLimit));
     for h in [h_first, h_tied] {
-        assert!(
-            store
-                .find_by_token(&h)
-                .await
-                .unwrap()
-                .unwrap()
-                .session
-                .revoked_at
-                .is_none()
-        );
+        assert!(stored(&*store, &h).await.revoked_at.is_none());
     }
     let evicted = store
         .insert(&session(user, now), &hash(), Some(1), live(now))
@@ -347,27 +316,9 @@ async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn Se
         ])
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .find_by_token(&h)
-            .await
-            .unwrap()
-            .unwrap()
-            .session
-            .last_active_at,
-        later
-    );
+    assert_eq!(stored(&*store, &h).await.last_active_at, later);
     store.touch(&[(s.id, base())]).await.unwrap();
-    assert_eq!(
-        store
-            .find_by_token(&h)
-            .await
-            .unwrap()
-            .unwrap()
-            .session
-            .last_active_at,
-        later
-    );
+    assert_eq!(stored(&*store, &h).await.last_active_at, later);
     store
         .revoke(s.user_id, s.id, RevocationReason::Logout, later)
         .await
@@ -376,16 +327,7 @@ async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn Se
         .touch(&[(s.id, later + Duration::hours(1))])
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .find_by_token(&h)
-            .await
-            .unwrap()
-            .unwrap()
-            .session
-            .last_active_at,
-        later
-    );
+    assert_eq!(stored(&*store, &h).await.last_active_at, later);
     store.touch(&[]).await.unwrap();
 }
 
