@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 /// The kind of device a session was created on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -66,38 +67,59 @@ pub struct DeviceInfo {
 /// Longest `User-Agent` that is parsed or stored; real ones are well under this.
 pub(crate) const MAX_USER_AGENT_LEN: usize = 512;
 
+/// The ua-parser (uap-core 0.18.0) dataset, converted from `regexes.yaml` to JSON so that no YAML
+/// parser is needed. Apache-2.0, see `data/LICENSE-uap-core`.
+const UAP_REGEXES: &str = include_str!("../data/uap-regexes.json");
+
+/// The compiled dataset, built on first use (it compiles about 1,200 regexes once).
+fn extractor() -> Option<&'static ua_parser::Extractor<'static>> {
+    static EXTRACTOR: OnceLock<Option<ua_parser::Extractor<'static>>> = OnceLock::new();
+    EXTRACTOR
+        .get_or_init(|| {
+            let built = serde_json::from_str::<ua_parser::Regexes<'static>>(UAP_REGEXES)
+                .map_err(|e| e.to_string())
+                .and_then(|regexes| {
+                    ua_parser::Extractor::try_from(regexes).map_err(|e| e.to_string())
+                });
+            built
+                .inspect_err(|error| {
+                    tracing::error!(%error, "user-agent dataset failed to load; devices will be described as unknown");
+                })
+                .ok()
+        })
+        .as_ref()
+}
+
 impl DeviceInfo {
-    /// Describes the device behind a `User-Agent` header value, using the woothee dataset.
+    /// Describes the device behind a `User-Agent` header value, using the
+    /// [ua-parser](https://github.com/ua-parser/uap-core) dataset.
     #[must_use]
     pub fn from_user_agent(user_agent: Option<&str>) -> Self {
         let Some(ua) = user_agent.map(str::trim).filter(|ua| !ua.is_empty()) else {
             return Self::unknown("Unknown device");
         };
         let ua = truncate(ua, MAX_USER_AGENT_LEN);
-        let Some(parsed) = woothee::parser::Parser::new().parse(ua) else {
+        let Some(extractor) = extractor() else {
             return Self::unknown(product(ua));
         };
-        let device_type = match parsed.category {
-            "crawler" => DeviceType::Bot,
-            "smartphone" | "mobilephone" if is_tablet(ua, parsed.os) => DeviceType::Tablet,
-            "smartphone" | "mobilephone" => DeviceType::Mobile,
-            "pc" => DeviceType::Desktop,
-            _ => DeviceType::Unknown,
+        let (browser, os, device) = extractor.extract(ua);
+        let known = |family: &str| family != "Other" && !family.is_empty();
+        let browser = browser.map(|b| b.family).filter(|f| known(f));
+        let os = os.map(|o| o.os).filter(|f| known(f));
+        let device = device.map(|d| d.device).filter(|f| known(f));
+        let device_type = classify(ua, os.as_deref(), device.as_deref());
+        let platform = match (os.as_deref(), device.as_deref()) {
+            (Some("iOS"), Some(device @ ("iPhone" | "iPad" | "iPod"))) => Some(device.to_owned()),
+            (Some("Mac OS X"), _) => Some("macOS".to_owned()),
+            (Some(os), _) => Some(os.to_owned()),
+            (None, _) => None,
         };
-        let os = match parsed.os {
-            "UNKNOWN" | "" => None,
-            "Mac OSX" => Some("macOS"),
-            os if os.starts_with("Windows") => Some("Windows"),
-            os => Some(os),
-        };
-        let description = match (parsed.name, os) {
-            // woothee names libraries generically ("HTTP Library"); their product token says more.
-            _ if device_type == DeviceType::Unknown => product(ua).to_owned(),
-            (name, _) if device_type == DeviceType::Bot => name.to_owned(),
-            ("UNKNOWN" | "", Some(os)) => os.to_owned(),
-            ("UNKNOWN" | "", None) => product(ua).to_owned(),
-            (name, Some(os)) => format!("{name} on {os}"),
-            (name, None) => name.to_owned(),
+        let browser = browser.map(|b| browser_name(&b).to_owned());
+        let description = match (browser, platform) {
+            (Some(browser), _) if device_type == DeviceType::Bot => browser,
+            (Some(browser), Some(platform)) => format!("{browser} on {platform}"),
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => product(ua).to_owned(),
         };
         Self {
             description,
@@ -113,12 +135,50 @@ impl DeviceInfo {
     }
 }
 
-fn is_tablet(ua: &str, os: &str) -> bool {
-    // woothee files tablets under "smartphone"; iPads say so, Android tablets omit "Mobile".
-    os == "iPad" || (os == "Android" && !ua.contains("Mobile"))
+fn classify(ua: &str, os: Option<&str>, device: Option<&str>) -> DeviceType {
+    const DESKTOP_OS: [&str; 9] = [
+        "Windows",
+        "Mac OS X",
+        "Linux",
+        "Ubuntu",
+        "Chrome OS",
+        "Fedora",
+        "Debian",
+        "FreeBSD",
+        "OpenBSD",
+    ];
+    const MOBILE_OS: [&str; 5] = ["iOS", "Android", "Windows Phone", "BlackBerry OS", "KaiOS"];
+    match (os, device) {
+        (_, Some("Spider")) => DeviceType::Bot,
+        (_, Some(d)) if d == "iPad" || d.contains("Tablet") || d.starts_with("Kindle") => {
+            DeviceType::Tablet
+        }
+        // Android tablets omit "Mobile" from their user agent.
+        (Some("Android"), _) if !ua.contains("Mobile") => DeviceType::Tablet,
+        (Some(os), _) if MOBILE_OS.contains(&os) => DeviceType::Mobile,
+        (_, Some(d)) if d == "iPhone" || d.contains("Smartphone") || d.contains("Phone") => {
+            DeviceType::Mobile
+        }
+        (Some(os), _) if DESKTOP_OS.contains(&os) || os.starts_with("Windows") => {
+            DeviceType::Desktop
+        }
+        _ => DeviceType::Unknown,
+    }
 }
 
-/// The first product token ("curl/8.5.0" → "curl"), for clients woothee does not know.
+/// "Mobile Safari" → "Safari", "Chrome Mobile iOS" → "Chrome": the platform already says mobile.
+fn browser_name(family: &str) -> &str {
+    if family == "Mobile Safari" {
+        return "Safari";
+    }
+    [" Mobile iOS", " Mobile WebView", " Mobile", " iOS"]
+        .iter()
+        .find_map(|suffix| family.strip_suffix(suffix))
+        .filter(|name| !name.is_empty())
+        .unwrap_or(family)
+}
+
+/// The first product token ("curl/8.5.0" → "curl"), for clients the dataset does not know.
 fn product(ua: &str) -> &str {
     let first = ua.split([' ', '/']).next().unwrap_or(ua);
     truncate(first, 40)
@@ -175,6 +235,29 @@ mod tests {
         assert_eq!(
             describe("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)").1,
             DeviceType::Bot
+        );
+    }
+
+    #[test]
+    fn android_phones_and_tablets_are_told_apart() {
+        assert_eq!(
+            describe(
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36"
+            ),
+            ("Chrome on Android".to_owned(), DeviceType::Mobile)
+        );
+        assert_eq!(
+            describe(
+                "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+            )
+            .1,
+            DeviceType::Tablet
+        );
+        assert_eq!(
+            describe(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.2210.91"
+            ),
+            ("Edge on Windows".to_owned(), DeviceType::Desktop)
         );
     }
 
