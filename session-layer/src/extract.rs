@@ -121,6 +121,15 @@ impl CurrentSession {
         self.transport
     }
 
+    /// The 401 to answer when this session turns out to be unusable after all (a lost
+    /// rotation race, a deleted account), phrased for the transport the client used.
+    #[must_use]
+    pub fn rejection(&self) -> SessionRejection {
+        SessionRejection::Unauthenticated {
+            bearer_sent: self.transport == Transport::Bearer,
+        }
+    }
+
     pub(crate) fn token_hash(&self) -> TokenHash {
         self.entry.token_hash
     }

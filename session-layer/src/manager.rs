@@ -511,10 +511,16 @@ impl SessionManager {
         self.inner.cache.run_pending_tasks().await;
     }
 
+    /// The window for management calls (list, rotate, the session limit). The stored
+    /// `last_active_at` lags the real last use by up to one touch interval plus one flush, so
+    /// the cutoff allows that much: a session in use is never missing from its own list or
+    /// unable to rotate. Request validation judges idleness on the most recent use instead.
     fn liveness(&self, now: OffsetDateTime) -> Liveness {
+        let config = &self.inner.config;
+        let lag = config.touch_interval() + config.touch_flush_interval;
         Liveness {
             now,
-            idle_cutoff: now - self.inner.config.idle_timeout,
+            idle_cutoff: now - config.idle_timeout - lag,
         }
     }
 
