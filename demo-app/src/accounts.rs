@@ -1,0 +1,392 @@
+//! The demo's own accounts: users with argon2id password hashes, and password-reset tokens.
+//! The SQL for both databases lives here, written out.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use session_layer::{SessionToken, TokenHash};
+use sqlx::{PgPool, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// How long a password-reset token is valid.
+pub(crate) const RESET_TOKEN_LIFETIME: time::Duration = time::Duration::hours(1);
+
+/// Minimum password length, in characters.
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
+
+/// The app's database: the pool that the session store also uses.
+#[derive(Debug, Clone)]
+pub(crate) enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A user as the login needs it.
+pub(crate) struct UserRow {
+    pub(crate) id: Uuid,
+    pub(crate) password_hash: String,
+}
+
+impl Db {
+    /// Runs the app's migrations (table `_sqlx_migrations`, apart from the library's).
+    pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Self::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await,
+            Self::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await,
+        }
+    }
+
+    /// Inserts a user; `None` when the email is taken.
+    pub(crate) async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let id = Uuid::now_v7();
+        let now = OffsetDateTime::now_utc();
+        let inserted = match self {
+            Self::Postgres(pool) => sqlx::query_scalar::<_, Uuid>(
+                "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (email) DO NOTHING RETURNING id",
+            )
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .fetch_optional(pool)
+            .await,
+            Self::Sqlite(pool) => sqlx::query_scalar::<_, Uuid>(
+                "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (email) DO NOTHING RETURNING id",
+            )
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .fetch_optional(pool)
+            .await,
+        };
+        inserted.map_err(|e| ApiError::database(&e))
+    }
+
+    /// The user with this (normalised) email.
+    pub(crate) async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, ApiError> {
+        let row = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_as::<_, (Uuid, String)>(
+                    "SELECT id, password_hash FROM users WHERE email = $1",
+                )
+                .bind(email)
+                .fetch_optional(pool)
+                .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_as::<_, (Uuid, String)>(
+                    "SELECT id, password_hash FROM users WHERE email = ?1",
+                )
+                .bind(email)
+                .fetch_optional(pool)
+                .await
+            }
+        };
+        Ok(row
+            .map_err(|e| ApiError::database(&e))?
+            .map(|(id, password_hash)| UserRow { id, password_hash }))
+    }
+
+    /// Email and password hash of a user.
+    pub(crate) async fn user_by_id(&self, id: Uuid) -> Result<Option<(String, String)>, ApiError> {
+        let row = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT email, password_hash FROM users WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT email, password_hash FROM users WHERE id = ?1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+            }
+        };
+        row.map_err(|e| ApiError::database(&e))
+    }
+
+    /// Replaces a user's password hash.
+    pub(crate) async fn set_password(&self, id: Uuid, password_hash: &str) -> Result<(), ApiError> {
+        let done = match self {
+            Self::Postgres(pool) => {
+                sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(password_hash)
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            }
+            Self::Sqlite(pool) => sqlx::query("UPDATE users SET password_hash = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(password_hash)
+                .execute(pool)
+                .await
+                .map(drop),
+        };
+        done.map_err(|e| ApiError::database(&e))
+    }
+
+    /// Stores a new reset token for `user_id` (its hash only) and returns the token.
+    pub(crate) async fn create_reset_token(&self, user_id: Uuid) -> Result<SessionToken, ApiError> {
+        // Same shape as a session token: 256 random bits, 43 characters of base64url.
+        let token = SessionToken::generate().map_err(|error| {
+            tracing::error!(%error, "could not generate a reset token");
+            ApiError::Unavailable
+        })?;
+        let hash = token.hash().to_hex();
+        let expires = (OffsetDateTime::now_utc() + RESET_TOKEN_LIFETIME).unix_timestamp();
+        let done = match self {
+            Self::Postgres(pool) => sqlx::query(
+                "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+            )
+            .bind(hash)
+            .bind(user_id)
+            .bind(expires)
+            .execute(pool)
+            .await
+            .map(drop),
+            Self::Sqlite(pool) => sqlx::query(
+                "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+            )
+            .bind(hash)
+            .bind(user_id)
+            .bind(expires)
+            .execute(pool)
+            .await
+            .map(drop),
+        };
+        done.map_err(|e| ApiError::database(&e))?;
+        Ok(token)
+    }
+
+    /// The user of an unused, unexpired reset token, without using it up.
+    pub(crate) async fn reset_token_user(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let row = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar::<_, Uuid>(
+                    "SELECT user_id FROM password_reset_tokens \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+                )
+                .bind(hash.to_hex())
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar::<_, Uuid>(
+                    "SELECT user_id FROM password_reset_tokens \
+                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                )
+                .bind(hash.to_hex())
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+            }
+        };
+        row.map_err(|e| ApiError::database(&e))
+    }
+
+    /// Uses up a reset token, and every other open token of its user; `None` when it was not
+    /// (or no longer) usable. One statement, so two concurrent confirmations cannot both win.
+    pub(crate) async fn consume_reset_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<Uuid>, ApiError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let user = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar::<_, Uuid>(
+                    "UPDATE password_reset_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING user_id",
+                )
+                .bind(hash.to_hex())
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar::<_, Uuid>(
+                    "UPDATE password_reset_tokens SET used_at = ?2 \
+                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 RETURNING user_id",
+                )
+                .bind(hash.to_hex())
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+            }
+        }
+        .map_err(|e| ApiError::database(&e))?;
+        if let Some(user_id) = user {
+            let done = match self {
+                Self::Postgres(pool) => sqlx::query(
+                    "UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
+                )
+                .bind(user_id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(drop),
+                Self::Sqlite(pool) => sqlx::query(
+                    "UPDATE password_reset_tokens SET used_at = ?2 WHERE user_id = ?1 AND used_at IS NULL",
+                )
+                .bind(user_id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(drop),
+            };
+            done.map_err(|e| ApiError::database(&e))?;
+        }
+        Ok(user)
+    }
+}
+
+/// Argon2id hashing, off the async threads (a hash takes tens of milliseconds of CPU).
+#[derive(Debug, Clone)]
+pub(crate) struct Passwords {
+    /// A hash of a random password, verified against when the email is unknown so that the
+    /// answer takes as long as for a wrong password.
+    dummy_hash: std::sync::Arc<str>,
+}
+
+impl Passwords {
+    pub(crate) async fn new() -> Result<Self, ApiError> {
+        let random = SessionToken::generate().map_err(|error| {
+            tracing::error!(%error, "could not generate the dummy password");
+            ApiError::Unavailable
+        })?;
+        let dummy_hash = hash(random.expose()).await?;
+        Ok(Self {
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    /// Hashes a password to a PHC string (`$argon2id$v=19$…`).
+    pub(crate) async fn hash(&self, password: String) -> Result<String, ApiError> {
+        hash(password).await
+    }
+
+    /// Whether `password` matches `stored`; with `None` (unknown email) the dummy hash is
+    /// verified and the answer is `false`, in the same time.
+    pub(crate) async fn verify(&self, password: String, stored: Option<String>) -> bool {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        let matches = tokio::task::spawn_blocking(move || {
+            Argon2::default()
+                .verify_password(password.as_bytes(), stored.as_str())
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        known && matches
+    }
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "password hashing task failed");
+        ApiError::Unavailable
+    })?
+    .map_err(|error| {
+        tracing::error!(%error, "password hashing failed");
+        ApiError::Unavailable
+    })
+}
+
+/// Trims and lower-cases an email, the form it is stored and compared in.
+pub(crate) fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// A sane, simple address check: one `@`, a non-empty local part, a domain with a dot that
+/// neither starts nor ends with it, no whitespace.
+pub(crate) fn is_valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let mut parts = email.split('@');
+    let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+/// At least [`MIN_PASSWORD_CHARS`] characters (not bytes).
+pub(crate) fn is_strong_enough(password: &str) -> bool {
+    password.chars().count() >= MIN_PASSWORD_CHARS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_sanely() {
+        for ok in ["a@b.co", "first.last+tag@example.org", "ÉLODIE@exämple.fr"] {
+            assert!(is_valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.co",
+            "a@@b.co",
+            "a b@c.de",
+            "a@b.co@d.ef",
+            "a@.co",
+            "a@b.",
+        ] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+        assert_eq!(normalize_email("  Alice@Example.COM "), "alice@example.com");
+    }
+
+    #[test]
+    fn passwords_need_eight_characters() {
+        assert!(!is_strong_enough("1234567"));
+        assert!(is_strong_enough("12345678"));
+        assert!(is_strong_enough("éééééééé"));
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_unknown_users_never_match() {
+        let passwords = Passwords::new().await.unwrap();
+        let hash = passwords.hash("correct horse".to_owned()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(
+            passwords
+                .verify("correct horse".to_owned(), Some(hash.clone()))
+                .await
+        );
+        assert!(!passwords.verify("wrong horse".to_owned(), Some(hash)).await);
+        assert!(!passwords.verify("anything".to_owned(), None).await);
+    }
+}

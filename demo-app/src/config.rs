@@ -1,0 +1,230 @@
+//! The environment variables of the contract (`../shared/demo-api.md`, "Starting it").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use session_layer::{CookieConfig, SessionConfig};
+
+/// The database the demo keeps its accounts and sessions in when `DATABASE_URL` is unset: an
+/// SQLite file in the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://demo.db";
+
+/// The listen address when `BIND_ADDR` is unset.
+pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:3000";
+
+/// How often the background task purges expired and long-revoked sessions.
+pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Everything the app needs to start.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Where `main` listens (the tests bind their own listener instead).
+    pub bind_addr: SocketAddr,
+    /// Session lifetimes, cache, limit, cookie and trusted proxies.
+    pub session: SessionConfig,
+    /// Period of the session cleanup task.
+    pub cleanup_period: Duration,
+}
+
+/// An environment variable has a value the app cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable is set but does not parse.
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What it was set to.
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+    /// The values parse but do not fit together (e.g. idle timeout above the lifetime).
+    #[error("invalid session settings: {0}")]
+    Session(#[from] session_layer::ConfigError),
+}
+
+impl AppConfig {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the variable whose value is unusable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (the environment, or a map in tests). Unset and
+    /// empty variables take their defaults.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the variable whose value is unusable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                &database_url,
+                "expected sqlite://… or postgres://…",
+            ));
+        }
+        let bind = get("BIND_ADDR").unwrap_or_else(|| DEFAULT_BIND_ADDR.to_owned());
+        let bind_addr = bind.parse().map_err(|_| {
+            invalid(
+                "BIND_ADDR",
+                &bind,
+                "expected host:port, e.g. 127.0.0.1:3000",
+            )
+        })?;
+
+        let secs = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            match get(name) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|_| invalid(name, &v, "expected a whole number of seconds")),
+            }
+        };
+        let ttl = secs("SESSION_TTL_SECS", 604_800)?;
+        let idle = secs("SESSION_IDLE_TIMEOUT_SECS", 86_400)?;
+        let cache_ttl = secs("SESSION_CACHE_TTL_SECS", 30)?;
+
+        let max_sessions = match get("MAX_SESSIONS_PER_USER") {
+            None => 10,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("MAX_SESSIONS_PER_USER", &v, "expected a number ≥ 1"))?,
+        };
+        let secure = match get("COOKIE_SECURE").as_deref() {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+            Some(v) => return Err(invalid("COOKIE_SECURE", v, "expected true or false")),
+        };
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(v) => parse_proxies(&v)?,
+        };
+
+        let session = SessionConfig::builder()
+            .ttl(ttl)
+            .idle_timeout(idle)
+            .cache_ttl(cache_ttl)
+            .max_sessions_per_user(Some(max_sessions))
+            .cookie(CookieConfig::from_secure_flag(secure))
+            .trusted_proxies(trusted_proxies)
+            .build()?;
+        Ok(Self {
+            database_url,
+            bind_addr,
+            session,
+            cleanup_period: DEFAULT_CLEANUP_PERIOD,
+        })
+    }
+}
+
+/// `10.0.0.0/8, 192.168.1.1` → networks; a bare address is a single-host network.
+fn parse_proxies(value: &str) -> Result<Vec<IpNet>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "TRUSTED_PROXIES",
+                        value,
+                        "expected comma-separated CIDRs, e.g. 10.0.0.0/8,::1/128",
+                    )
+                })
+        })
+        .collect()
+}
+
+fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<AppConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AppConfig::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.session.ttl(), Duration::from_secs(604_800));
+        assert_eq!(c.session.idle_timeout(), Duration::from_secs(86_400));
+        assert_eq!(c.session.cache_ttl(), Duration::from_secs(30));
+        assert_eq!(c.session.max_sessions_per_user(), Some(10));
+        assert_eq!(c.session.cookie().name(), "session");
+        assert!(!c.session.cookie().is_secure());
+        assert!(c.session.trusted_proxies().is_empty());
+    }
+
+    #[test]
+    fn values_are_read_from_the_environment() {
+        let c = config(&[
+            ("COOKIE_SECURE", "true"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, ::1/128,192.168.1.1"),
+            ("SESSION_TTL_SECS", "3"),
+            ("SESSION_IDLE_TIMEOUT_SECS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.session.cookie().name(), "__Host-session");
+        assert_eq!(c.session.trusted_proxies().len(), 3);
+        assert_eq!(c.session.ttl(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("SESSION_TTL_SECS", "seven days"),
+            ("MAX_SESSIONS_PER_USER", "0"),
+            ("COOKIE_SECURE", "yes please"),
+            ("TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("BIND_ADDR", "localhost"),
+            ("DATABASE_URL", "mysql://x"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        let err = config(&[
+            ("SESSION_TTL_SECS", "10"),
+            ("SESSION_IDLE_TIMEOUT_SECS", "20"),
+        ]);
+        assert!(matches!(err, Err(ConfigError::Session(_))));
+    }
+}

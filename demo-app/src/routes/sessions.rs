@@ -1,0 +1,63 @@
+//! `/api/sessions*`: the caller's devices, and signing them out.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use session_layer::{CurrentSession, RevocationReason};
+use uuid::Uuid;
+
+use super::{AppState, SessionView};
+use crate::error::ApiError;
+
+/// `GET /api/sessions` → the caller's active sessions, most recently active first.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    current: CurrentSession,
+) -> Result<Response, ApiError> {
+    let mut views: Vec<SessionView> = state
+        .sessions
+        .list(current.user_id())
+        .await?
+        .into_iter()
+        .map(|session| SessionView::new(session, &current))
+        .collect();
+    SessionView::sort(&mut views);
+    Ok(Json(json!({ "sessions": views })).into_response())
+}
+
+/// `DELETE /api/sessions/{id}` → `204`; another user's id is simply not found.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    current: CurrentSession,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = id
+        .ok()
+        .and_then(|Path(id)| Uuid::parse_str(id.trim()).ok())
+        .ok_or(ApiError::InvalidSessionId)?;
+    if id == current.session_id() {
+        return Err(ApiError::CannotRevokeCurrentSession);
+    }
+    state
+        .sessions
+        .revoke(current.user_id(), id, RevocationReason::RevokedByUser)
+        .await?;
+    tracing::info!(session_id = %id, by = %current.session_id(), "session revoked by its user");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/sessions/revoke-others` → `{"revoked": <count>}`.
+pub(crate) async fn revoke_others(
+    State(state): State<AppState>,
+    current: CurrentSession,
+) -> Result<Response, ApiError> {
+    let revoked = state
+        .sessions
+        .revoke_others(&current, RevocationReason::RevokedByUser)
+        .await?;
+    tracing::info!(session_id = %current.session_id(), revoked, "signed out everywhere else");
+    Ok(Json(json!({ "revoked": revoked })).into_response())
+}
