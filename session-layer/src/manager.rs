@@ -226,10 +226,11 @@ impl SessionManager {
         let Ok(hash) = TokenHash::from_encoded(token) else {
             return Ok(None);
         };
-        Ok(self
-            .authenticate_slow(hash)
-            .await?
-            .map(|entry| CurrentSession::new(entry, Transport::Bearer)))
+        let entry = match self.authenticate_cached(&hash) {
+            Some(cached) => cached,
+            None => self.authenticate_slow(hash).await?,
+        };
+        Ok(entry.map(|entry| CurrentSession::new(entry, Transport::Bearer)))
     }
 
     /// The hot path: a cache hit answered without waiting. `None` means "go to the store".

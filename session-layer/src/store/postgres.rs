@@ -21,8 +21,13 @@ pub(crate) const NOTIFY_CHANNEL: &str = "session_layer_invalidate";
 /// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
 const HASHES_PER_NOTIFICATION: usize = 100;
 
-const COLUMNS: &str = "id, user_id, device, device_type, device_name, user_agent, ip_address, \
-     created_at, last_active_at, expires_at, revoked_at, revoked_reason";
+/// The session columns, as a macro so that every statement is one `&'static str` (`concat!`).
+macro_rules! columns {
+    () => {
+        "id, user_id, device, device_type, device_name, user_agent, ip_address, \
+         created_at, last_active_at, expires_at, revoked_at, revoked_reason"
+    };
+}
 
 /// Sessions in PostgreSQL (15 or later).
 ///
@@ -228,11 +233,18 @@ impl SessionStore for PostgresStore {
     ) -> Result<Option<FoundSession>, StoreError> {
         const OP: &str = "look up a session";
         // Two index probes (current and previous hash), at most one row each.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, token_hash = $1 AS is_current FROM sessions \
-             WHERE token_hash = $1 OR previous_token_hash = $1 \
-             ORDER BY is_current DESC LIMIT 1"
-        )))
+        // A hash is random and 256 bits long, so at most one row matches either column; each
+        // branch is one plain index probe.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", TRUE AS is_current FROM sessions WHERE token_hash = $1 \
+             UNION ALL \
+             SELECT ",
+            columns!(),
+            ", FALSE FROM sessions WHERE previous_token_hash = $1 \
+             LIMIT 1"
+        ))
         .bind(token_hash.as_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await
@@ -263,12 +275,13 @@ impl SessionStore for PostgresStore {
         let mut tx = self.begin(OP).await?;
         // The `token_hash = $3` condition is re-checked under the row lock, so of two
         // concurrent rotations of one token exactly one updates a row.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(concat!(
             "UPDATE sessions SET previous_token_hash = token_hash, token_hash = $4 \
              WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
                AND expires_at > $5 AND last_active_at > $6 \
-             RETURNING {COLUMNS}"
-        )))
+             RETURNING ",
+            columns!()
+        ))
         .bind(session_id)
         .bind(user_id)
         .bind(current.as_bytes().as_slice())
@@ -287,11 +300,13 @@ impl SessionStore for PostgresStore {
 
     async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
         const OP: &str = "list a user's sessions";
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM sessions \
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions \
              WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_active_at > $3 \
              ORDER BY last_active_at DESC, created_at DESC, id DESC"
-        )))
+        ))
         .bind(user_id)
         .bind(live.now)
         .bind(live.idle_cutoff)

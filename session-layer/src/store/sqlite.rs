@@ -18,8 +18,13 @@ use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
 
-const COLUMNS: &str = "id, user_id, device, device_type, device_name, user_agent, ip_address, \
-     created_at, last_active_at, expires_at, revoked_at, revoked_reason";
+/// The session columns, as a macro so that every statement is one `&'static str` (`concat!`).
+macro_rules! columns {
+    () => {
+        "id, user_id, device, device_type, device_name, user_agent, ip_address, \
+         created_at, last_active_at, expires_at, revoked_at, revoked_reason"
+    };
+}
 
 /// Sessions in an SQLite database file (WAL mode). One process only: SQLite has no
 /// cross-process notifications, so a second instance would not see this one's revocations in
@@ -219,11 +224,18 @@ impl SessionStore for SqliteStore {
         token_hash: &TokenHash,
     ) -> Result<Option<FoundSession>, StoreError> {
         const OP: &str = "look up a session";
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS}, token_hash = ?1 AS is_current FROM sessions \
-             WHERE token_hash = ?1 OR previous_token_hash = ?1 \
-             ORDER BY is_current DESC LIMIT 1"
-        )))
+        // A hash is random and 256 bits long, so at most one row matches either column; each
+        // branch is one plain index probe.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            ", TRUE AS is_current FROM sessions WHERE token_hash = ?1 \
+             UNION ALL \
+             SELECT ",
+            columns!(),
+            ", FALSE FROM sessions WHERE previous_token_hash = ?1 \
+             LIMIT 1"
+        ))
         .bind(token_hash.as_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await
@@ -253,12 +265,13 @@ impl SessionStore for SqliteStore {
         const OP: &str = "rotate a session token";
         // One statement: SQLite serialises writers, so the `token_hash = ?3` check and the
         // update cannot interleave with another rotation.
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(concat!(
             "UPDATE sessions SET previous_token_hash = token_hash, token_hash = ?4 \
              WHERE id = ?1 AND user_id = ?2 AND token_hash = ?3 AND revoked_at IS NULL \
                AND expires_at > ?5 AND last_active_at > ?6 \
-             RETURNING {COLUMNS}"
-        )))
+             RETURNING ",
+            columns!()
+        ))
         .bind(session_id)
         .bind(user_id)
         .bind(current.as_bytes().as_slice())
@@ -276,11 +289,13 @@ impl SessionStore for SqliteStore {
 
     async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
         const OP: &str = "list a user's sessions";
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM sessions \
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM sessions \
              WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 AND last_active_at > ?3 \
              ORDER BY last_active_at DESC, created_at DESC, id DESC"
-        )))
+        ))
         .bind(user_id)
         .bind(micros(live.now))
         .bind(micros(live.idle_cutoff))
