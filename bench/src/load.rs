@@ -1,0 +1,104 @@
+//! The load generator: N keep-alive HTTP/1.1 connections, each sending one request at a time
+//! for a fixed duration, with every latency recorded in an HDR histogram.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::Request;
+use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// A server to load, and the credential header every request carries.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub header: Option<(HeaderName, HeaderValue)>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Responses other than 200: a misconfigured variant, reported rather than hidden.
+    pub failures: u64,
+}
+
+/// How hard and how long to load a target.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// Loads `target` and measures the requests completed inside the measurement window.
+pub async fn measure(target: &Target, load: Load) -> Sample {
+    let start = Instant::now() + load.warmup;
+    let end = start + load.duration;
+    let mut connections = JoinSet::new();
+    for _ in 0..load.connections {
+        connections.spawn(connection(target.clone(), start, end));
+    }
+    let mut latencies = new_histogram();
+    let mut failures = 0;
+    while let Some(done) = connections.join_next().await {
+        let (histogram, failed) = done.expect("load connection task");
+        latencies.add(histogram).expect("merge histograms");
+        failures += failed;
+    }
+    Sample {
+        requests_per_sec: latencies.len() as f64 / load.duration.as_secs_f64(),
+        p50_us: latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_us: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        failures,
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<u64>, u64) {
+    let stream = TcpStream::connect(target.addr)
+        .await
+        .expect("connect to the benchmark server");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(driver);
+    let mut latencies = new_histogram();
+    let mut failures = 0;
+    loop {
+        let mut request = Request::get("/").header(HOST, "127.0.0.1");
+        if let Some((name, value)) = &target.header {
+            request = request.header(name, value);
+        }
+        let request = request.body(Empty::<Bytes>::new()).expect("request");
+        sender.ready().await.expect("connection ready");
+        let sent = Instant::now();
+        let response = sender.send_request(request).await.expect("response");
+        let ok = response.status().is_success();
+        response.into_body().collect().await.expect("response body");
+        let done = Instant::now();
+        if done >= end {
+            return (latencies, failures);
+        }
+        if sent >= start {
+            if ok {
+                let nanos = u64::try_from(done.duration_since(sent).as_nanos()).unwrap_or(u64::MAX);
+                latencies.saturating_record(nanos);
+            } else {
+                failures += 1;
+            }
+        }
+    }
+}
