@@ -28,6 +28,16 @@ static ALLOCATOR: memory::CountingAllocator = memory::CountingAllocator;
 const VARIANTS: &[(&str, &str, Server)] = &[
     ("bare", "bare Axum (baseline)", Server::Harness),
     (
+        "extension-only",
+        "no-op middleware inserting one extension (floor of any extractor-based layer)",
+        Server::Harness,
+    ),
+    (
+        "layer-anonymous",
+        "SessionLayer, no credential (pass-through)",
+        Server::Harness,
+    ),
+    (
         "layer-cookie",
         "SessionLayer, cache hit, cookie",
         Server::Harness,
@@ -108,7 +118,7 @@ fn all_settings() -> Settings {
         },
         rounds: 3,
         scale_rows: [10_000, 1_000_000],
-        scale_samples: 5_000,
+        scale_samples: 20_000,
         cached_sessions: 100_000,
     }
 }

@@ -4,16 +4,18 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::routing::get;
+use axum::{Extension, Router};
 use session_layer::{
     CurrentSession, MemoryStore, NewSession, PostgresStore, SessionConfig, SessionLayer,
     SessionManager, SessionStore, SqliteStore, TokenHash,
 };
+use tower::util::MapRequestLayer;
 use uuid::Uuid;
 
 /// The user every benchmark session belongs to.
@@ -46,6 +48,14 @@ pub fn run(variant: &str, url: Option<&str>) {
             .expect("config");
         match variant {
             "bare" => serve(Router::new().route("/", get(bare)), None).await,
+            "extension-only" => serve(extension_only(), None).await,
+            "layer-anonymous" => {
+                let manager = SessionManager::new(MemoryStore::new(), cached).expect("manager");
+                let app = Router::new()
+                    .route("/", get(bare))
+                    .layer(SessionLayer::new(manager));
+                serve(app, None).await;
+            }
             "layer-cookie" => layer(MemoryStore::new(), cached, Credential::Cookie).await,
             "layer-bearer" => layer(MemoryStore::new(), cached, Credential::Bearer).await,
             "layer-sqlite" => layer(sqlite(&sqlite_url).await, uncached, Credential::Bearer).await,
@@ -67,6 +77,21 @@ pub fn run(variant: &str, url: Option<&str>) {
             other => panic!("unknown variant {other}"),
         }
     });
+}
+
+/// What any middleware that hands handlers a value through the request extensions pays: one
+/// insert per request and one extraction, with nothing looked up.
+fn extension_only() -> Router {
+    let value = Arc::new(USER);
+    Router::new()
+        .route(
+            "/",
+            get(|Extension(user): Extension<Arc<Uuid>>| async move { user.to_string() }),
+        )
+        .layer(MapRequestLayer::new(move |mut request: Request| {
+            request.extensions_mut().insert(Arc::clone(&value));
+            request
+        }))
 }
 
 enum Credential {

@@ -8,6 +8,7 @@
 //! clears (a lost notification feed) cannot lock every key, so they bump an epoch that a load
 //! checks inside its compute before it inserts.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -45,10 +46,26 @@ pub(crate) fn duration_us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Slots of the per-thread front (direct-mapped by the first hash byte).
+const FRONT_SLOTS: usize = 8;
+
+struct FrontSlot {
+    cache_id: u64,
+    generation: u64,
+    entry: Arc<SessionEntry>,
+}
+
+thread_local! {
+    static FRONT: RefCell<[Option<FrontSlot>; FRONT_SLOTS]> =
+        const { RefCell::new([const { None }; FRONT_SLOTS]) };
+}
+
 /// A validated session as cached, with this process's view of its activity.
 pub(crate) struct SessionEntry {
     pub(crate) session: Session,
     pub(crate) token_hash: TokenHash,
+    /// When it was read from the store; bounds how long the per-thread front may serve it.
+    loaded_at_us: i64,
     expires_at_us: i64,
     /// Most recent use seen here (or the stored `last_active_at` at load).
     last_used_us: AtomicI64,
@@ -71,6 +88,7 @@ impl SessionEntry {
     pub(crate) fn new(session: Session, token_hash: TokenHash) -> Self {
         let last_active = to_us(session.last_active_at);
         Self {
+            loaded_at_us: now_us(),
             expires_at_us: to_us(session.expires_at),
             last_used_us: AtomicI64::new(last_active),
             last_written_us: AtomicI64::new(last_active),
@@ -134,6 +152,11 @@ pub(crate) struct SessionCache {
     trusted: AtomicBool,
     /// Bumped by every whole-cache clear; a load inserts only if it is unchanged.
     epoch: AtomicU64,
+    /// Bumped after every removal: a per-thread front entry is only trusted while it is unchanged.
+    generation: AtomicU64,
+    /// Tells this cache's front entries apart from another manager's in the same thread.
+    id: u64,
+    ttl_us: i64,
 }
 
 impl SessionCache {
@@ -152,26 +175,63 @@ impl SessionCache {
                 })
                 .build()
         });
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
             cache,
             trusted: AtomicBool::new(trusted),
             epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ttl_us: duration_us(ttl),
         }
     }
 
-    /// The cached entry, answered without waiting: moka's `get` only suspends while it runs
-    /// cache maintenance, and a lookup that would wait is treated as a miss, whose compute path
-    /// then finds the entry without a store query. This keeps the hit path free of a boxed future.
-    pub(crate) fn peek(&self, hash: &TokenHash) -> Option<Arc<SessionEntry>> {
+    /// The cached entry, answered without waiting.
+    ///
+    /// A small per-thread front answers repeated tokens without touching moka; its entries are
+    /// trusted only while no removal has happened since they were read (`generation`) and for
+    /// no longer than the cache TTL since the row was loaded, so it never serves what moka
+    /// would no longer serve. Behind it, moka's `get` only suspends while it runs cache
+    /// maintenance; a lookup that would wait is treated as a miss, whose compute path then
+    /// finds the entry without a store query. This keeps the hit path free of a boxed future.
+    pub(crate) fn peek(&self, hash: &TokenHash, now_us: i64) -> Option<Arc<SessionEntry>> {
         let cache = self.cache.as_ref()?;
         if !self.trusted.load(Ordering::Acquire) {
             return None;
         }
+        // Read before moka, so a removal that lands in between makes the slot stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        let slot = usize::from(hash.as_bytes()[0]) % FRONT_SLOTS;
+        let fresh = |entry: &SessionEntry| now_us.saturating_sub(entry.loaded_at_us) < self.ttl_us;
+        let front_hit = FRONT.with_borrow(|front| match &front[slot] {
+            Some(s)
+                if s.cache_id == self.id
+                    && s.generation == generation
+                    && s.entry.token_hash == *hash
+                    && fresh(&s.entry) =>
+            {
+                Some(Arc::clone(&s.entry))
+            }
+            _ => None,
+        });
+        if front_hit.is_some() {
+            return front_hit;
+        }
         let lookup = pin!(cache.get(hash));
-        match lookup.poll(&mut Context::from_waker(Waker::noop())) {
+        let found = match lookup.poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(found) => found,
             Poll::Pending => None,
+        };
+        if let Some(entry) = &found {
+            FRONT.with_borrow_mut(|front| {
+                front[slot] = Some(FrontSlot {
+                    cache_id: self.id,
+                    generation,
+                    entry: Arc::clone(entry),
+                });
+            });
         }
+        found
     }
 
     /// Returns the cached entry if `reuse` accepts it, else runs `load` and caches a usable
@@ -195,6 +255,7 @@ impl SessionCache {
         };
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut outcome = None;
+        let mut replaced = false;
         cache
             .entry(hash)
             .and_compute_with(|existing| async {
@@ -204,6 +265,7 @@ impl SessionCache {
                         outcome = Some(Loaded::Entry(entry));
                         return Op::Nop;
                     }
+                    replaced = true;
                 }
                 match load().await {
                     LoadResult::Usable(entry) => {
@@ -223,6 +285,9 @@ impl SessionCache {
                 }
             })
             .await;
+        if replaced {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         // moka runs the closure, and awaits its future to the end, before `and_compute_with`
         // returns; every branch of that future sets `outcome`.
         outcome.expect("the compute closure sets the outcome on every path")
@@ -235,6 +300,7 @@ impl SessionCache {
                 .entry(hash)
                 .and_compute_with(|_| std::future::ready(Op::Remove))
                 .await;
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -245,6 +311,7 @@ impl SessionCache {
         if let Some(cache) = &self.cache {
             cache.invalidate_all();
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.trusted.store(trusted_after, Ordering::Release);
     }
 

@@ -239,8 +239,8 @@ impl SessionManager {
         hash: &TokenHash,
     ) -> Option<Option<Arc<SessionEntry>>> {
         let inner = &self.inner;
-        let entry = inner.cache.peek(hash)?;
         let now = now_us();
+        let entry = inner.cache.peek(hash, now)?;
         match entry.use_at(now, inner.idle_us, inner.touch_interval_us) {
             Usability::Usable { touch_due } => {
                 inner.counters.cache_hits.increment(1);

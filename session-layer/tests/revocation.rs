@@ -21,21 +21,29 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
     let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
     let token = Arc::new(token.expose());
     let revoked = Arc::new(AtomicBool::new(false));
-    let late_successes = Arc::new(AtomicUsize::new(0));
-    let early_successes = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // (successes before the revoke returned, attempts after it, successes after it)
+    let counts = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
     let workers: Vec<_> = (0..16)
         .map(|_| {
-            let (manager, token, revoked) = (manager.clone(), token.clone(), revoked.clone());
-            let (late, early) = (late_successes.clone(), early_successes.clone());
+            let (manager, token) = (manager.clone(), token.clone());
+            let (revoked, stop, counts) = (revoked.clone(), stop.clone(), counts.clone());
             tokio::spawn(async move {
-                for _ in 0..300 {
+                while !stop.load(Ordering::SeqCst) {
                     // Read the flag before validating: a success that started after the revoke
                     // returned is a broken promise.
                     let started_after_revoke = revoked.load(Ordering::SeqCst);
                     let ok = manager.validate(&token).await.unwrap().is_some();
                     match (ok, started_after_revoke) {
-                        (true, true) => late.fetch_add(1, Ordering::SeqCst),
-                        (true, false) => early.fetch_add(1, Ordering::SeqCst),
+                        (true, false) => counts[0].fetch_add(1, Ordering::SeqCst),
+                        (ok, true) => {
+                            counts[2].fetch_add(usize::from(ok), Ordering::SeqCst);
+                            counts[1].fetch_add(1, Ordering::SeqCst)
+                        }
                         _ => 0,
                     };
                     tokio::task::yield_now().await;
@@ -43,18 +51,26 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Let every worker thread serve the token from memory for a while first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     manager
         .revoke(user, session.id, RevocationReason::RevokedByUser)
         .await
         .unwrap();
     revoked.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
     for worker in workers {
         worker.await.unwrap();
     }
+    let [early, late_attempts, late_successes] = &*counts;
     assert!(
-        early_successes.load(Ordering::SeqCst) > 0,
-        "the token was never exercised"
+        early.load(Ordering::SeqCst) > 100,
+        "the token was barely exercised"
+    );
+    assert!(
+        late_attempts.load(Ordering::SeqCst) > 100,
+        "too few uses after the revocation"
     );
     assert_eq!(late_successes.load(Ordering::SeqCst), 0);
 }
