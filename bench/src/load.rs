@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// The server process, whose CPU time is read around each measurement.
+    pub pid: u32,
     pub header: Option<(HeaderName, HeaderValue)>,
 }
 
@@ -28,6 +30,9 @@ pub struct Sample {
     pub p99_us: f64,
     /// Responses other than 200: a misconfigured variant, reported rather than hidden.
     pub failures: u64,
+    /// Server CPU time per response over the whole run (warm-up included), in microseconds:
+    /// what the server spent, unlike req/s barely moved by other load on a shared machine.
+    pub server_cpu_us: f64,
 }
 
 /// How hard and how long to load a target.
@@ -40,6 +45,7 @@ pub struct Load {
 
 /// Loads `target` and measures the requests completed inside the measurement window.
 pub async fn measure(target: &Target, load: Load) -> Sample {
+    let cpu_before = cpu_ns(target.pid);
     let start = Instant::now() + load.warmup;
     let end = start + load.duration;
     let mut connections = JoinSet::new();
@@ -48,12 +54,16 @@ pub async fn measure(target: &Target, load: Load) -> Sample {
     }
     let mut latencies = new_histogram();
     let mut failures = 0;
+    let mut responses = 0;
     while let Some(done) = connections.join_next().await {
-        let (histogram, failed) = done.expect("load connection task");
+        let (histogram, failed, answered) = done.expect("load connection task");
         latencies.add(histogram).expect("merge histograms");
         failures += failed;
+        responses += answered;
     }
+    let cpu = cpu_ns(target.pid).saturating_sub(cpu_before);
     Sample {
+        server_cpu_us: cpu as f64 / responses.max(1) as f64 / 1000.0,
         requests_per_sec: latencies.len() as f64 / load.duration.as_secs_f64(),
         p50_us: latencies.value_at_quantile(0.50) as f64 / 1000.0,
         p99_us: latencies.value_at_quantile(0.99) as f64 / 1000.0,
@@ -66,7 +76,19 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
-async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<u64>, u64) {
+/// CPU time of every thread of process `pid` so far, from the scheduler's own accounting
+/// (`/proc/PID/task/*/schedstat`, nanoseconds).
+fn cpu_ns(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("server's /proc entry");
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<u64>, u64, u64) {
     let stream = TcpStream::connect(target.addr)
         .await
         .expect("connect to the benchmark server");
@@ -77,6 +99,7 @@ async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<
     tokio::spawn(driver);
     let mut latencies = new_histogram();
     let mut failures = 0;
+    let mut responses = 0;
     loop {
         let mut request = Request::get("/").header(HOST, "127.0.0.1");
         if let Some((name, value)) = &target.header {
@@ -89,8 +112,9 @@ async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<
         let ok = response.status().is_success();
         response.into_body().collect().await.expect("response body");
         let done = Instant::now();
+        responses += 1;
         if done >= end {
-            return (latencies, failures);
+            return (latencies, failures, responses);
         }
         if sent >= start {
             if ok {

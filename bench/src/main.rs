@@ -100,6 +100,22 @@ fn main() {
         ["serve", variant] => serve::run(variant, None),
         ["serve", variant, url] => serve::run(variant, Some(url)),
         ["memory", n] => memory::run(n.parse().expect("memory N: a session count")),
+        ["scale"] => {
+            let client = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("client runtime");
+            let settings = all_settings();
+            scale::size_buffers_for_scale(&client);
+            for rows in settings.scale_rows {
+                let url = test_support::postgres_database();
+                let r = client.block_on(scale::run(&url, rows, settings.scale_samples));
+                println!(
+                    "{rows} rows: validate p50 {:.1} p99 {:.1} µs, list p50 {:.1} p99 {:.1} µs",
+                    r.validate_p50_us, r.validate_p99_us, r.list_p50_us, r.list_p99_us
+                );
+            }
+        }
         ["all", rest @ ..] => report(&all_settings(), peer_path(rest)),
         ["smoke", rest @ ..] => report(&smoke_settings(), peer_path(rest)),
         _ => {
@@ -116,7 +132,7 @@ fn all_settings() -> Settings {
             warmup: Duration::from_millis(500),
             duration: Duration::from_secs(3),
         },
-        rounds: 3,
+        rounds: 5,
         scale_rows: [10_000, 1_000_000],
         scale_samples: 20_000,
         cached_sessions: 100_000,
@@ -192,7 +208,11 @@ fn spawn(server: Server, variant: &str, url: Option<&str>, peer: &Path) -> Runni
         )
     });
     Running {
-        target: Target { addr, header },
+        target: Target {
+            addr,
+            pid: child.id(),
+            header,
+        },
         stdin: child.stdin.take().expect("child stdin"),
         child,
     }
@@ -219,12 +239,13 @@ fn report(settings: &Settings, peer: PathBuf) {
             let i = (k + round) % VARIANTS.len();
             let sample = client.block_on(load::measure(&servers[i].target, settings.load));
             eprintln!(
-                "round {} {:<14} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us",
+                "round {} {:<16} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>6.2} us/req",
                 round + 1,
                 VARIANTS[i].0,
                 sample.requests_per_sec,
                 sample.p50_us,
-                sample.p99_us
+                sample.p99_us,
+                sample.server_cpu_us
             );
             samples[i].push(sample);
         }
@@ -245,6 +266,7 @@ fn report(settings: &Settings, peer: PathBuf) {
     let stampede = multi.block_on(stampede::run(&stampede_url, 1_000));
 
     // 4. Scale.
+    scale::size_buffers_for_scale(&client);
     let scale: Vec<scale::Report> = settings
         .scale_rows
         .iter()
@@ -303,21 +325,28 @@ fn print_report(
             .expect("known variant")
     };
     let (bare, peer) = (rps[at("bare")], rps[at("memory")]);
+    // Interference from other tenants of a shared machine only ever slows a round down, so
+    // the best round of each variant is the least disturbed estimate; shown beside the median.
+    let best: Vec<f64> = samples
+        .iter()
+        .map(|s| s.iter().map(|s| s.requests_per_sec).fold(0.0, f64::max))
+        .collect();
+    let (best_bare, best_peer) = (best[at("bare")], best[at("memory")]);
     let load = settings.load;
     println!(
         "### Throughput and latency\n\n{} keep-alive connections, {:.1} s per measurement after \
-         {:.1} s warm-up, {} interleaved rounds; medians across rounds. Server: one child \
-         process per variant, single-threaded Tokio runtime; client: single-threaded, same \
-         handler everywhere.\n",
+         {:.1} s warm-up, {} interleaved rounds; req/s, p50, p99 and server CPU are medians \
+         across rounds, \"best\" is the fastest round. Server: one child process per variant, \
+         single-threaded Tokio runtime; client: single-threaded, same handler everywhere.\n",
         load.connections,
         load.duration.as_secs_f64(),
         load.warmup.as_secs_f64(),
         settings.rounds
     );
     println!(
-        "| variant | req/s | p50 µs | p99 µs | × bare | × tower-sessions memory | req/s per round | non-2xx |"
+        "| variant | req/s | p50 µs | p99 µs | server CPU µs/req | × bare | × tower-sessions memory | best req/s | best × bare | best × tower-sessions memory | req/s per round | non-2xx |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for (i, (_, label, _)) in VARIANTS.iter().enumerate() {
         let s = &samples[i];
         let rounds: Vec<String> = s
@@ -325,19 +354,26 @@ fn print_report(
             .map(|s| format!("{:.0}", s.requests_per_sec))
             .collect();
         println!(
-            "| {label} | {:.0} | {:.1} | {:.1} | {:.3} | {:.3} | {} | {} |",
+            "| {label} | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} | {} |",
             rps[i],
             median(s.iter().map(|s| s.p50_us)),
             median(s.iter().map(|s| s.p99_us)),
+            median(s.iter().map(|s| s.server_cpu_us)),
             rps[i] / bare,
             rps[i] / peer,
+            best[i],
+            best[i] / best_bare,
+            best[i] / best_peer,
             rounds.join(" / "),
             s.iter().map(|s| s.failures).sum::<u64>()
         );
     }
     let ratio = |a: &str, b: &str| rps[at(a)] / rps[at(b)];
+    let best_ratio = |a: &str, b: &str| best[at(a)] / best[at(b)];
     let check = |value: f64, target: f64| if value >= target { "met" } else { "MISSED" };
-    println!("\n### Targets\n\n| target | measured | |\n|---|---:|---|");
+    println!(
+        "\n### Targets\n\n| target | median ratio | | best-round ratio | |\n|---|---:|---|---:|---|"
+    );
     for (what, a, b, target) in [
         (
             "cache hit (cookie) ≥ 0.95× bare Axum",
@@ -376,13 +412,17 @@ fn print_report(
             0.8,
         ),
     ] {
-        let value = ratio(a, b);
-        println!("| {what} | {value:.3}× | {} |", check(value, target));
+        let (median_value, best_value) = (ratio(a, b), best_ratio(a, b));
+        println!(
+            "| {what} | {median_value:.3}× | {} | {best_value:.3}× | {} |",
+            check(median_value, target),
+            check(best_value, target)
+        );
     }
     let (small, large) = (&scale[0], &scale[scale.len() - 1]);
     let growth = large.validate_p99_us / small.validate_p99_us;
     println!(
-        "| {} rows validation p99 ≤ 1.5× the {}-row figure | {growth:.2}× | {} |",
+        "| {} rows validation p99 ≤ 1.5× the {}-row figure | {growth:.2}× | {} | | |",
         large.rows,
         small.rows,
         if growth <= 1.5 { "met" } else { "MISSED" }
@@ -390,7 +430,7 @@ fn print_report(
     let cached = memory("cached");
     let per_session = memory("heap_bytes") as f64 / cached as f64;
     println!(
-        "| ≤ 1 KiB heap per cached session | {per_session:.0} B | {} |",
+        "| ≤ 1 KiB heap per cached session | {per_session:.0} B | {} | | |",
         if per_session <= 1024.0 {
             "met"
         } else {
