@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,8 +21,10 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::session::Session;
+use crate::store::Invalidation;
 use crate::token::TokenHash;
 use crate::touch::TouchSender;
 
@@ -324,6 +327,36 @@ impl SessionCache {
     pub(crate) async fn run_pending_tasks(&self) {
         if let Some(cache) = &self.cache {
             cache.run_pending_tasks().await;
+        }
+    }
+}
+
+/// Applies other instances' invalidations to this one's cache.
+pub(crate) async fn relay(
+    cache: Weak<SessionCache>,
+    mut feed: mpsc::UnboundedReceiver<Invalidation>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let invalidation = tokio::select! {
+            _ = &mut stop => return,
+            invalidation = feed.recv() => invalidation,
+        };
+        let Some(cache) = cache.upgrade() else { return };
+        match invalidation {
+            Some(Invalidation::Tokens(hashes)) => {
+                for hash in hashes {
+                    cache.invalidate(hash).await;
+                }
+            }
+            Some(Invalidation::FeedRestored) => cache.clear(true),
+            Some(Invalidation::FeedLost) | None => {
+                cache.clear(false);
+                if invalidation.is_none() {
+                    tracing::error!("session invalidation feed ended; the cache stays bypassed");
+                    return;
+                }
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ mod session;
 pub mod store;
 mod token;
 mod touch;
+mod validate;
 
 pub use client_ip::resolve_client_ip;
 pub use config::{CookieConfig, SessionConfig, SessionConfigBuilder};

@@ -1,26 +1,24 @@
 //! [`SessionManager`]: create, validate, rotate, list, revoke, clean up.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::cache::{
-    LoadResult, Loaded, SessionCache, SessionEntry, Usability, duration_us, from_us, now_us,
-};
+use crate::cache::{SessionCache, duration_us, from_us, now_us};
 use crate::client_ip::resolve_client_ip;
 use crate::config::SessionConfig;
 use crate::device::{DeviceInfo, MAX_USER_AGENT_LEN, truncate};
 use crate::error::{Error, StoreError};
-use crate::extract::{CurrentSession, Transport};
+use crate::extract::CurrentSession;
 use crate::metrics;
 use crate::session::{RevocationReason, Session};
-use crate::store::{Invalidation, Liveness, MAX_DEVICE_NAME_LEN, SessionStore, TokenMatch};
+use crate::store::{Liveness, MAX_DEVICE_NAME_LEN, SessionStore};
 use crate::token::{SessionToken, TokenHash};
 use crate::touch::{TouchSender, spawn_writer};
 
@@ -89,20 +87,20 @@ impl NewSession {
 /// before the process exits so pending activity is written.
 #[derive(Clone)]
 pub struct SessionManager {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn SessionStore>,
-    config: SessionConfig,
-    cache: Arc<SessionCache>,
-    touches: TouchSender,
-    idle_us: i64,
-    touch_interval_us: i64,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) config: SessionConfig,
+    pub(crate) cache: Arc<SessionCache>,
+    pub(crate) touches: TouchSender,
+    pub(crate) idle_us: i64,
+    pub(crate) touch_interval_us: i64,
     /// When a token lookup last failed. Lookups for one token run one at a time, so without
     /// this, requests queued behind a failing lookup would each wait out their own failure.
-    last_lookup_failure_us: AtomicI64,
-    counters: metrics::Counters,
+    pub(crate) last_lookup_failure_us: AtomicI64,
+    pub(crate) counters: metrics::Counters,
     /// Dropped with the manager, which stops the invalidation relay.
     _stop_relay: Option<oneshot::Sender<()>>,
 }
@@ -114,13 +112,6 @@ impl std::fmt::Debug for SessionManager {
             .field("cached_sessions", &self.inner.cache.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Why a token did not yield a usable session on a cache miss.
-enum Verdict {
-    Unusable,
-    Reused(Session),
-    Failed(StoreError),
 }
 
 impl SessionManager {
@@ -151,7 +142,7 @@ impl SessionManager {
         ));
         let stop_relay = feed.map(|feed| {
             let (stop, stopped) = oneshot::channel();
-            tokio::spawn(relay(Arc::downgrade(&cache), feed, stopped));
+            tokio::spawn(crate::cache::relay(Arc::downgrade(&cache), feed, stopped));
             stop
         });
         Ok(Self {
@@ -214,142 +205,6 @@ impl SessionManager {
         self.forget(&evicted, RevocationReason::SessionLimit).await;
         tracing::debug!(session_id = %session.id, user_id = %session.user_id, "session created");
         Ok((token, session))
-    }
-
-    /// Validates an encoded token as the layer does (cache first, then the store).
-    /// `Ok(None)` for a malformed, unknown, expired, idle or revoked token.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] when the store cannot be reached on a cache miss: fail closed.
-    pub async fn validate(&self, token: &str) -> Result<Option<CurrentSession>, Error> {
-        let Ok(hash) = TokenHash::from_encoded(token) else {
-            return Ok(None);
-        };
-        let entry = match self.authenticate_cached(&hash) {
-            Some(cached) => cached,
-            None => self.authenticate_slow(hash).await?,
-        };
-        Ok(entry.map(|entry| CurrentSession::new(entry, Transport::Bearer)))
-    }
-
-    /// The hot path: a cache hit answered without waiting. `None` means "go to the store".
-    pub(crate) fn authenticate_cached(
-        &self,
-        hash: &TokenHash,
-    ) -> Option<Option<Arc<SessionEntry>>> {
-        let inner = &self.inner;
-        let now = now_us();
-        let entry = inner.cache.peek(hash, now)?;
-        match entry.use_at(now, inner.idle_us, inner.touch_interval_us) {
-            Usability::Usable { touch_due } => {
-                inner.counters.cache_hits.increment(1);
-                if touch_due {
-                    inner.touches.touch(entry.session.id, now);
-                }
-                Some(Some(entry))
-            }
-            Usability::Expired => Some(None),
-            // Another instance may have seen a more recent use: ask the store.
-            Usability::Idle => None,
-        }
-    }
-
-    /// A cache miss: one store query per key at a time, and reuse detection.
-    pub(crate) async fn authenticate_slow(
-        &self,
-        hash: TokenHash,
-    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
-        let inner = &self.inner;
-        inner.counters.cache_misses.increment(1);
-        let now_us = now_us();
-        let loaded = inner
-            .cache
-            .get_or_load(
-                hash,
-                |cached| {
-                    matches!(
-                        cached.use_at(now_us, inner.idle_us, i64::MAX),
-                        Usability::Usable { .. }
-                    )
-                },
-                || self.load(hash, now_us),
-            )
-            .await;
-        match loaded {
-            Loaded::Entry(entry) => {
-                match entry.use_at(now_us, inner.idle_us, inner.touch_interval_us) {
-                    Usability::Usable { touch_due } => {
-                        if touch_due {
-                            inner.touches.touch(entry.session.id, now_us);
-                        }
-                        Ok(Some(entry))
-                    }
-                    Usability::Expired | Usability::Idle => Ok(None),
-                }
-            }
-            Loaded::Other(Verdict::Unusable) => Ok(None),
-            Loaded::Other(Verdict::Failed(error)) => {
-                inner.counters.store_errors.increment(1);
-                tracing::error!(%error, "session lookup failed; request treated as unauthenticated-unavailable");
-                Err(error)
-            }
-            Loaded::Other(Verdict::Reused(session)) => {
-                self.handle_reuse(&session).await;
-                Ok(None)
-            }
-        }
-    }
-
-    async fn load(&self, hash: TokenHash, now_us: i64) -> LoadResult<Verdict> {
-        let failures = &self.inner.last_lookup_failure_us;
-        if failures.load(Ordering::Acquire) >= now_us {
-            // A lookup that started no earlier than this request failed: share its outcome.
-            return LoadResult::Other(Verdict::Failed(StoreError::new(
-                "look up a session",
-                "a lookup queued ahead of this one just failed",
-            )));
-        }
-        self.inner.counters.store_queries.increment(1);
-        let found = match self.inner.store.find_by_token(&hash).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return LoadResult::Other(Verdict::Unusable),
-            Err(error) => {
-                failures.fetch_max(crate::cache::now_us(), Ordering::AcqRel);
-                return LoadResult::Other(Verdict::Failed(error));
-            }
-        };
-        let session = found.session;
-        match found.matched {
-            TokenMatch::Previous => LoadResult::Other(Verdict::Reused(session)),
-            TokenMatch::Current => {
-                let now = from_us(now_us);
-                if session.is_usable(now, session.last_active_at, self.inner.config.idle_timeout) {
-                    LoadResult::Usable(Arc::new(SessionEntry::new(session, hash)))
-                } else {
-                    LoadResult::Other(Verdict::Unusable)
-                }
-            }
-        }
-    }
-
-    /// A rotated-out token came back: whoever holds it copied it. End the session everywhere.
-    async fn handle_reuse(&self, session: &Session) {
-        if session.revoked_at.is_some() {
-            return;
-        }
-        self.inner.counters.token_reuse.increment(1);
-        tracing::warn!(
-            session_id = %session.id,
-            user_id = %session.user_id,
-            "rotated-out session token presented again; revoking the session"
-        );
-        if let Err(error) = self
-            .revoke(session.user_id, session.id, RevocationReason::TokenReuse)
-            .await
-        {
-            tracing::error!(%error, session_id = %session.id, "could not revoke a session after token reuse");
-        }
     }
 
     /// Issues a new token for the current session. The presented token stops working at once;
@@ -525,7 +380,7 @@ impl SessionManager {
         }
     }
 
-    async fn store_call<T>(
+    pub(crate) async fn store_call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -548,36 +403,6 @@ impl SessionManager {
 }
 
 /// The current time at the microsecond precision that both SQL stores keep.
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     from_us(now_us())
-}
-
-/// Applies other instances' invalidations to this one's cache.
-async fn relay(
-    cache: Weak<SessionCache>,
-    mut feed: mpsc::UnboundedReceiver<Invalidation>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        let invalidation = tokio::select! {
-            _ = &mut stop => return,
-            invalidation = feed.recv() => invalidation,
-        };
-        let Some(cache) = cache.upgrade() else { return };
-        match invalidation {
-            Some(Invalidation::Tokens(hashes)) => {
-                for hash in hashes {
-                    cache.invalidate(hash).await;
-                }
-            }
-            Some(Invalidation::FeedRestored) => cache.clear(true),
-            Some(Invalidation::FeedLost) | None => {
-                cache.clear(false);
-                if invalidation.is_none() {
-                    tracing::error!("session invalidation feed ended; the cache stays bypassed");
-                    return;
-                }
-            }
-        }
-    }
 }
