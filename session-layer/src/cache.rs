@@ -134,17 +134,12 @@ impl SessionEntry {
     }
 }
 
-/// What a load through the cache found.
+/// What a loader hands back, and what a load through the cache found: a usable entry (cached
+/// when the cache is trusted), or the loader's verdict, passed through uncached.
 pub(crate) enum Loaded<T> {
     /// An entry, cached or freshly loaded.
     Entry(Arc<SessionEntry>),
     /// The loader's verdict when it produced no usable entry.
-    Other(T),
-}
-
-/// The result a loader hands back: an entry to cache, or anything else to pass through.
-pub(crate) enum LoadResult<T> {
-    Usable(Arc<SessionEntry>),
     Other(T),
 }
 
@@ -248,13 +243,10 @@ impl SessionCache {
     ) -> Loaded<T>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = LoadResult<T>>,
+        Fut: Future<Output = Loaded<T>>,
     {
         let Some(cache) = &self.cache else {
-            return match load().await {
-                LoadResult::Usable(entry) => Loaded::Entry(entry),
-                LoadResult::Other(other) => Loaded::Other(other),
-            };
+            return load().await;
         };
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut outcome = None;
@@ -271,7 +263,7 @@ impl SessionCache {
                     replaced = true;
                 }
                 match load().await {
-                    LoadResult::Usable(entry) => {
+                    Loaded::Entry(entry) => {
                         let cacheable = self.trusted.load(Ordering::Acquire)
                             && self.epoch.load(Ordering::Acquire) == epoch;
                         outcome = Some(Loaded::Entry(Arc::clone(&entry)));
@@ -281,7 +273,7 @@ impl SessionCache {
                             Op::Remove
                         }
                     }
-                    LoadResult::Other(verdict) => {
+                    Loaded::Other(verdict) => {
                         outcome = Some(Loaded::Other(verdict));
                         Op::Remove
                     }

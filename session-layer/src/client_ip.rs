@@ -38,21 +38,12 @@ pub fn resolve_client_ip(
         return Some(peer);
     }
     let mut client = peer;
-    // Several headers are one comma-separated list, in order.
+    // Several headers are one comma-separated list, in order; walk it from the right.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .collect::<Vec<_>>()
-        .into_iter()
         .rev()
-        .flat_map(|value| {
-            value
-                .to_str()
-                .unwrap_or("")
-                .rsplit(',')
-                .map(str::trim)
-                .collect::<Vec<_>>()
-        });
+        .flat_map(|value| value.to_str().unwrap_or("").rsplit(',').map(str::trim));
     for hop in hops {
         match hop.parse::<IpAddr>().map(canonical) {
             Ok(ip) => {

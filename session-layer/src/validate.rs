@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::cache::{LoadResult, Loaded, SessionEntry, Usability, from_us, now_us};
+use crate::cache::{Loaded, SessionEntry, Usability, from_us, now_us};
 use crate::error::{Error, StoreError};
 use crate::extract::{CurrentSession, Transport};
 use crate::manager::SessionManager;
@@ -105,11 +105,11 @@ impl SessionManager {
         }
     }
 
-    async fn load(&self, hash: TokenHash, now_us: i64) -> LoadResult<Verdict> {
+    async fn load(&self, hash: TokenHash, now_us: i64) -> Loaded<Verdict> {
         let failures = &self.inner.last_lookup_failure_us;
         if failures.load(Ordering::Acquire) >= now_us {
             // A lookup that started no earlier than this request failed: share its outcome.
-            return LoadResult::Other(Verdict::Failed(StoreError::new(
+            return Loaded::Other(Verdict::Failed(StoreError::new(
                 "look up a session",
                 "a lookup queued ahead of this one just failed",
             )));
@@ -117,21 +117,21 @@ impl SessionManager {
         self.inner.counters.store_queries.increment(1);
         let found = match self.inner.store.find_by_token(&hash).await {
             Ok(Some(found)) => found,
-            Ok(None) => return LoadResult::Other(Verdict::Unusable),
+            Ok(None) => return Loaded::Other(Verdict::Unusable),
             Err(error) => {
                 failures.fetch_max(crate::cache::now_us(), Ordering::AcqRel);
-                return LoadResult::Other(Verdict::Failed(error));
+                return Loaded::Other(Verdict::Failed(error));
             }
         };
         let session = found.session;
         match found.matched {
-            TokenMatch::Previous => LoadResult::Other(Verdict::Reused(session)),
+            TokenMatch::Previous => Loaded::Other(Verdict::Reused(session)),
             TokenMatch::Current => {
                 let now = from_us(now_us);
                 if session.is_usable(now, session.last_active_at, self.inner.config.idle_timeout) {
-                    LoadResult::Usable(Arc::new(SessionEntry::new(session, hash)))
+                    Loaded::Entry(Arc::new(SessionEntry::new(session, hash)))
                 } else {
-                    LoadResult::Other(Verdict::Unusable)
+                    Loaded::Other(Verdict::Unusable)
                 }
             }
         }
