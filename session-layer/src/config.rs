@@ -6,6 +6,7 @@ use std::time::Duration;
 use cookie::{Cookie, SameSite};
 use ipnet::IpNet;
 
+use crate::clock::Clock;
 use crate::error::ConfigError;
 use crate::token::SessionToken;
 
@@ -15,27 +16,31 @@ use crate::token::SessionToken;
 /// | setting | default |
 /// |---|---|
 /// | `ttl` (absolute lifetime, counted from sign-in) | 7 days |
-/// | `idle_timeout` (unused this long, the session is dead) | 1 day |
+/// | `idle_timeout` (unused this long, the session is dead; one at or above `ttl` never fires first) | 1 day |
 /// | `cache_ttl` (how long a validation is served from memory; zero disables the cache) | 30 s |
 /// | `cache_capacity` (cached sessions) | 100 000 |
+/// | `miss_cache_capacity` (remembered unknown, revoked or expired tokens, kept apart from sessions; zero disables) | 10 000 |
 /// | `touch_interval` (how often `last_active_at` is written per session; capped at half the idle timeout) | 60 s |
 /// | `touch_flush_interval` (how often batched touches are written) | 1 s |
 /// | `max_sessions_per_user` (a sign-in past it revokes the least recently active session) | 10 |
 /// | `revoked_retention` (how long revoked rows stay for audit before cleanup purges them) | 30 days |
 /// | `cookie` | [`CookieConfig::secure`] (`__Host-session`, `Secure`) |
 /// | `trusted_proxies` (peers whose `X-Forwarded-For` is believed) | none |
+/// | `clock` | [`Clock::system`] |
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub(crate) ttl: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) cache_ttl: Duration,
     pub(crate) cache_capacity: u64,
+    pub(crate) miss_cache_capacity: u64,
     pub(crate) touch_interval: Duration,
     pub(crate) touch_flush_interval: Duration,
     pub(crate) max_sessions_per_user: Option<u32>,
     pub(crate) revoked_retention: Duration,
     pub(crate) cookie: CookieConfig,
     pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) clock: Clock,
 }
 
 impl Default for SessionConfig {
@@ -45,12 +50,14 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
+            miss_cache_capacity: 10_000,
             touch_interval: Duration::from_secs(60),
             touch_flush_interval: Duration::from_secs(1),
             max_sessions_per_user: Some(10),
             revoked_retention: Duration::from_secs(30 * 24 * 3600),
             cookie: CookieConfig::secure(),
             trusted_proxies: Vec::new(),
+            clock: Clock::system(),
         }
     }
 }
@@ -67,10 +74,11 @@ impl SessionConfig {
         self.ttl
     }
 
-    /// A session unused for this long is dead.
+    /// A session unused for this long is dead: the configured idle timeout, or `ttl` when that is
+    /// shorter (an idle timeout at or above the lifetime never fires first).
     #[must_use]
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+        self.idle_timeout.min(self.ttl)
     }
 
     /// How long a validated session may be served from the in-process cache.
@@ -83,7 +91,20 @@ impl SessionConfig {
     /// timeout, so the stored `last_active_at` can never make a used session look idle.
     #[must_use]
     pub fn touch_interval(&self) -> Duration {
-        self.touch_interval.min(self.idle_timeout / 2)
+        self.touch_interval.min(self.idle_timeout() / 2)
+    }
+
+    /// How many tokens that yielded no session (unknown, revoked, expired) are remembered, so
+    /// that presenting them again costs no store query. Zero disables that memory.
+    #[must_use]
+    pub fn miss_cache_capacity(&self) -> u64 {
+        self.miss_cache_capacity
+    }
+
+    /// Where the manager reads the time.
+    #[must_use]
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Active sessions one user may hold, or `None` for no limit.
@@ -123,7 +144,8 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// Idle timeout (default 1 day).
+    /// Idle timeout (default 1 day). One at or above `ttl` simply never fires before the
+    /// absolute lifetime ends.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.0.idle_timeout = idle;
         self
@@ -139,6 +161,21 @@ impl SessionConfigBuilder {
     /// Maximum number of cached sessions (default 100 000).
     pub fn cache_capacity(mut self, capacity: u64) -> Self {
         self.0.cache_capacity = capacity;
+        self
+    }
+
+    /// How many tokens that yielded no session are remembered (default 10 000; zero disables).
+    /// They are kept apart from the sessions, so a flood of random tokens never evicts a real
+    /// session, and for no longer than the cache TTL.
+    pub fn miss_cache_capacity(mut self, capacity: u64) -> Self {
+        self.0.miss_cache_capacity = capacity;
+        self
+    }
+
+    /// Where the manager reads the time (default [`Clock::system`]); tests use [`Clock::tokio`]
+    /// or [`Clock::manual`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.0.clock = clock;
         self
     }
 
@@ -206,12 +243,6 @@ impl SessionConfigBuilder {
             if value > HUNDRED_YEARS {
                 return Err(ConfigError::TooLarge(name));
             }
-        }
-        if c.idle_timeout > c.ttl {
-            return Err(ConfigError::IdleLongerThanTtl {
-                idle: c.idle_timeout,
-                ttl: c.ttl,
-            });
         }
         if c.max_sessions_per_user == Some(0) {
             return Err(ConfigError::NoSessionsAllowed);
@@ -340,13 +371,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ConfigError::Zero("ttl"));
         assert!(err.to_string().contains("ttl"));
-        assert!(matches!(
-            SessionConfig::builder()
-                .ttl(Duration::from_secs(10))
-                .idle_timeout(Duration::from_secs(20))
-                .build(),
-            Err(ConfigError::IdleLongerThanTtl { .. })
-        ));
         assert_eq!(
             SessionConfig::builder()
                 .max_sessions_per_user(Some(0))
@@ -354,6 +378,24 @@ mod tests {
                 .unwrap_err(),
             ConfigError::NoSessionsAllowed
         );
+    }
+
+    /// Finding 7: `ttl(1 hour)` alone failed, because the default idle timeout is a day.
+    #[test]
+    fn an_idle_timeout_beyond_the_lifetime_is_accepted_and_never_fires_first() {
+        let config = SessionConfig::builder()
+            .ttl(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        assert_eq!(config.idle_timeout(), Duration::from_secs(3600));
+        assert_eq!(config.touch_interval(), Duration::from_secs(60));
+        let short = SessionConfig::builder()
+            .ttl(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        assert_eq!(short.idle_timeout(), Duration::from_secs(10));
+        assert_eq!(short.touch_interval(), Duration::from_secs(5));
     }
 
     #[test]

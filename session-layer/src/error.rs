@@ -1,7 +1,5 @@
 //! Error types.
 
-use std::time::Duration;
-
 /// A token could not be produced or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -50,16 +48,6 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("`{0}` must be greater than zero")]
     Zero(&'static str),
-    /// The idle timeout is longer than the absolute lifetime, so it could never apply.
-    #[error(
-        "idle_timeout ({idle:?}) must not exceed ttl ({ttl:?}); lower idle_timeout or raise ttl"
-    )]
-    IdleLongerThanTtl {
-        /// Configured idle timeout.
-        idle: Duration,
-        /// Configured absolute lifetime.
-        ttl: Duration,
-    },
     /// `max_sessions_per_user` is zero: nobody could sign in.
     #[error("max_sessions_per_user must be at least 1 (or None for no limit)")]
     NoSessionsAllowed,
@@ -87,4 +75,17 @@ pub enum Error {
     /// The manager was built outside a Tokio runtime, which it needs for its background tasks.
     #[error("SessionManager::new must be called from within a Tokio runtime")]
     NoRuntime,
+    /// The user's sessions were all revoked (a password change or reset) after the
+    /// [`Fence`](crate::Fence) was read: the credential this sign-in proved may be the old one.
+    /// No session was created; check the credential again.
+    #[error(
+        "the user's sessions were revoked after this sign-in began; no session was created, sign in again"
+    )]
+    Fenced,
+    /// The task that carried out the call ended before finishing (a panic, or the runtime
+    /// shutting down): its effect is unknown. Retry the call.
+    #[error(
+        "the session operation was interrupted before it finished; its effect is unknown, retry it"
+    )]
+    Interrupted,
 }

@@ -172,7 +172,7 @@ impl SessionRejection {
             Self::Unavailable
         } else {
             Self::Unauthenticated {
-                bearer_sent: crate::layer::bearer_token(&parts.headers).is_some(),
+                bearer_sent: crate::credential::bearer_token(&parts.headers).is_some(),
             }
         }
     }

@@ -81,12 +81,16 @@
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 #![deny(unreachable_pub, unsafe_code)]
 
+mod activity;
 mod cache;
 mod client_ip;
+mod clock;
 mod config;
+mod credential;
 mod device;
 mod error;
 mod extract;
+mod invalidation;
 pub mod layer;
 mod manager;
 pub mod metrics;
@@ -97,6 +101,7 @@ mod touch;
 mod validate;
 
 pub use client_ip::resolve_client_ip;
+pub use clock::{Clock, ManualClock};
 pub use config::{CookieConfig, SessionConfig, SessionConfigBuilder};
 pub use device::{DeviceInfo, DeviceType};
 pub use error::{ConfigError, Error, StoreError, TokenError};
@@ -110,7 +115,7 @@ pub use store::PostgresStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
-pub use store::{MemoryStore, SessionStore};
+pub use store::{Fence, MemoryStore, SessionStore};
 pub use token::{SessionToken, TOKEN_LEN, TokenHash};
 
 /// Re-exported so that applications build cookies with the same version.

@@ -1,7 +1,6 @@
 //! [`SessionManager`]: create, validate, rotate, list, revoke, clean up.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -10,17 +9,21 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::cache::{SessionCache, duration_us, from_us, now_us};
+use crate::activity::ActivityLog;
+use crate::cache::{SessionCache, SessionEntry};
 use crate::client_ip::resolve_client_ip;
+use crate::clock::duration_us;
 use crate::config::SessionConfig;
 use crate::device::{DeviceInfo, MAX_USER_AGENT_LEN, truncate};
 use crate::error::{Error, StoreError};
-use crate::extract::CurrentSession;
+use crate::extract::{CurrentSession, Transport};
+use crate::invalidation::spawn_relay;
 use crate::metrics;
 use crate::session::{RevocationReason, Session};
-use crate::store::{Liveness, MAX_DEVICE_NAME_LEN, SessionStore};
+use crate::store::{Fence, Inserted, Liveness, MAX_DEVICE_NAME_LEN, SessionInsert, SessionStore};
 use crate::token::{SessionToken, TokenHash};
 use crate::touch::{TouchSender, spawn_writer};
+use crate::validate::{Cached, Checked, Judging, Validator};
 
 /// What is known about a sign-in when its session is created.
 ///
@@ -39,6 +42,7 @@ pub struct NewSession {
     user_agent: Option<String>,
     ip_address: Option<IpAddr>,
     device_name: Option<String>,
+    fence: Option<Fence>,
 }
 
 impl NewSession {
@@ -49,7 +53,16 @@ impl NewSession {
             user_agent: None,
             ip_address: None,
             device_name: None,
+            fence: None,
         }
+    }
+
+    /// Creates the session only if the user's sessions were not all revoked since `fence` was
+    /// read (see [`SessionManager::fence`]); otherwise [`create`](SessionManager::create) fails
+    /// with [`Error::Fenced`].
+    pub fn fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// The `User-Agent` header; the device description is derived from it.
@@ -82,25 +95,24 @@ impl NewSession {
 /// it returns, so a revoked token is refused on its very next request. With
 /// [`PostgresStore`](crate::PostgresStore) the change is also published to every other instance.
 ///
+/// Every call that changes sessions runs to its end once started, on a task of its own: if the
+/// caller's future is dropped (a client that disconnects), the store commit, the cache
+/// invalidation and the publication still all happen.
+///
 /// Background work (batched `last_active_at` writes, cross-instance invalidation) runs on the
 /// Tokio runtime that [`new`](Self::new) is called from. Call [`shutdown`](Self::shutdown)
 /// before the process exits so pending activity is written.
 #[derive(Clone)]
 pub struct SessionManager {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) config: SessionConfig,
-    pub(crate) cache: Arc<SessionCache>,
-    pub(crate) touches: TouchSender,
-    pub(crate) idle_us: i64,
-    pub(crate) touch_interval_us: i64,
-    /// When a token lookup last failed. Lookups for one token run one at a time, so without
-    /// this, requests queued behind a failing lookup would each wait out their own failure.
-    pub(crate) last_lookup_failure_us: AtomicI64,
-    pub(crate) counters: metrics::Counters,
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    validator: Validator,
+    touches: TouchSender,
+    counters: metrics::Counters,
     /// Dropped with the manager, which stops the invalidation relay.
     _stop_relay: Option<oneshot::Sender<()>>,
 }
@@ -109,7 +121,7 @@ impl std::fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionManager")
             .field("config", &self.inner.config)
-            .field("cached_sessions", &self.inner.cache.len())
+            .field("cached_sessions", &self.cached_sessions())
             .finish_non_exhaustive()
     }
 }
@@ -137,24 +149,31 @@ impl SessionManager {
         let cache = Arc::new(SessionCache::new(
             config.cache_ttl,
             config.cache_capacity,
+            config.miss_cache_capacity,
             touches.clone(),
             feed.is_none(),
         ));
-        let stop_relay = feed.map(|feed| {
-            let (stop, stopped) = oneshot::channel();
-            tokio::spawn(crate::cache::relay(Arc::downgrade(&cache), feed, stopped));
-            stop
-        });
+        let stop_relay = feed.map(|feed| spawn_relay(&cache, feed));
+        let counters = metrics::Counters::register();
+        let validator = Validator::new(
+            Arc::clone(&store),
+            cache,
+            ActivityLog::new(config.idle_timeout(), config.cache_capacity),
+            touches.clone(),
+            Judging {
+                clock: config.clock.clone(),
+                idle_us: duration_us(config.idle_timeout()),
+                touch_interval_us: duration_us(config.touch_interval()),
+            },
+            counters.clone(),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
-                idle_us: duration_us(config.idle_timeout),
-                touch_interval_us: duration_us(config.touch_interval()),
                 store,
                 config,
-                cache,
+                validator,
                 touches,
-                last_lookup_failure_us: AtomicI64::new(i64::MIN),
-                counters: metrics::Counters::register(),
+                counters,
                 _stop_relay: stop_relay,
             }),
         })
@@ -166,19 +185,39 @@ impl SessionManager {
         &self.inner.config
     }
 
+    /// The user's current [`Fence`]. Read it **before** checking the password of a sign-in and
+    /// pass it to [`NewSession::fence`]: if a password change or reset revokes the user's
+    /// sessions ([`revoke_all`](Self::revoke_all) or [`revoke_others`](Self::revoke_others))
+    /// in between, the sign-in creates no session ([`Error::Fenced`]), so a login that proved the
+    /// old password cannot outlive the change.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store fails.
+    pub async fn fence(&self, user_id: Uuid) -> Result<Fence, Error> {
+        Ok(self.store_call(self.inner.store.fence(user_id)).await?)
+    }
+
     /// Signs a user in: issues a token and stores its session. When the user would hold more
-    /// than `max_sessions_per_user` active sessions, the least recently active ones are revoked
-    /// with [`RevocationReason::SessionLimit`].
+    /// than `max_sessions_per_user` active sessions, the least recently active ones (judged on
+    /// the most recent use this process has seen, written or not) are revoked with
+    /// [`RevocationReason::SessionLimit`].
     ///
     /// The token is returned once, here; only its hash is stored.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] when the store fails (no session was created), [`Error::Token`] when the
-    /// OS random source fails.
+    /// [`Error::Fenced`] when the sign-in carried a fence that a revocation of all the user's
+    /// sessions has passed; [`Error::Store`] when the store fails (no session was created);
+    /// [`Error::Token`] when the OS random source fails.
     pub async fn create(&self, new: NewSession) -> Result<(SessionToken, Session), Error> {
+        let this = self.clone();
+        run_to_end(async move { this.create_now(new).await }).await
+    }
+
+    async fn create_now(&self, new: NewSession) -> Result<(SessionToken, Session), Error> {
         let token = SessionToken::generate()?;
-        let now = now();
+        let now = self.now();
         let device = DeviceInfo::from_user_agent(new.user_agent.as_deref());
         let session = Session {
             id: Uuid::now_v7(),
@@ -194,43 +233,69 @@ impl SessionManager {
             revoked_at: None,
             revoked_reason: None,
         };
-        let evicted = self
-            .store_call(self.inner.store.insert(
-                &session,
-                &token.hash(),
-                self.inner.config.max_sessions_per_user,
-                self.liveness(now),
-            ))
+        let max_active = self.inner.config.max_sessions_per_user;
+        let recent_activity = match max_active {
+            Some(_) => self.inner.validator.activity().recent(new.user_id).await,
+            None => Vec::new(),
+        };
+        let hash = token.hash();
+        let inserted = self
+            .store_call(self.inner.store.insert(SessionInsert {
+                session: &session,
+                token_hash: &hash,
+                max_active,
+                live: self.liveness(now),
+                fence: new.fence,
+                recent_activity: &recent_activity,
+            }))
             .await?;
+        let evicted = match inserted {
+            Inserted::Created { evicted } => evicted,
+            Inserted::Fenced => {
+                tracing::info!(user_id = %session.user_id, "sign-in fenced out by a revocation of all sessions");
+                return Err(Error::Fenced);
+            }
+        };
         self.forget(&evicted, RevocationReason::SessionLimit).await;
+        self.cache().forget_miss(&hash).await;
         tracing::debug!(session_id = %session.id, user_id = %session.user_id, "session created");
         Ok((token, session))
     }
 
     /// Issues a new token for the current session. The presented token stops working at once;
-    /// presenting it again later revokes the session ([`RevocationReason::TokenReuse`]).
-    /// `expires_at` does not move. Of two concurrent rotations of one token exactly one wins.
+    /// presenting it, or any token this session had before, again later revokes the session
+    /// ([`RevocationReason::TokenReuse`]). `expires_at` does not move. Of two concurrent
+    /// rotations of one token exactly one wins.
     ///
     /// # Errors
     ///
     /// [`Error::RotationConflict`] when the token was already rotated, or the session ended;
     /// [`Error::Store`] when the store fails.
     pub async fn rotate(&self, current: &CurrentSession) -> Result<(SessionToken, Session), Error> {
+        let (this, current) = (self.clone(), current.clone());
+        run_to_end(async move { this.rotate_now(&current).await }).await
+    }
+
+    async fn rotate_now(&self, current: &CurrentSession) -> Result<(SessionToken, Session), Error> {
         let new = SessionToken::generate()?;
         let old = current.token_hash();
+        let new_hash = new.hash();
         let rotated = self
             .store_call(self.inner.store.rotate(
                 current.user_id(),
                 current.session_id(),
                 &old,
-                &new.hash(),
-                self.liveness(now()),
+                &new_hash,
+                self.liveness(self.now()),
             ))
             .await;
         // Whatever the outcome, the presented token is no longer valid: drop it now.
-        self.inner.cache.invalidate(old).await;
+        self.cache().invalidate(old).await;
         match rotated? {
-            Some(session) => Ok((new, session)),
+            Some(session) => {
+                self.cache().forget_miss(&new_hash).await;
+                Ok((new, session))
+            }
             None => Err(Error::RotationConflict),
         }
     }
@@ -242,7 +307,11 @@ impl SessionManager {
     /// [`Error::Store`] when the store fails.
     pub async fn list(&self, user_id: Uuid) -> Result<Vec<Session>, Error> {
         Ok(self
-            .store_call(self.inner.store.list_active(user_id, self.liveness(now())))
+            .store_call(
+                self.inner
+                    .store
+                    .list_active(user_id, self.liveness(self.now())),
+            )
             .await?)
     }
 
@@ -259,16 +328,25 @@ impl SessionManager {
         session_id: Uuid,
         reason: RevocationReason,
     ) -> Result<(), Error> {
-        let hash = self
-            .store_call(self.inner.store.revoke(user_id, session_id, reason, now()))
-            .await?
-            .ok_or(Error::SessionNotFound)?;
-        self.forget(&[hash], reason).await;
-        Ok(())
+        let this = self.clone();
+        run_to_end(async move {
+            let revoked = this
+                .store_call(
+                    this.inner
+                        .store
+                        .revoke(user_id, session_id, reason, this.now()),
+                )
+                .await?;
+            let hash = revoked.ok_or(Error::SessionNotFound)?;
+            this.forget(&[hash], reason).await;
+            Ok(())
+        })
+        .await
     }
 
     /// Revokes every session of the current user except the current one ("sign out everywhere
-    /// else", password change). Returns how many were revoked.
+    /// else", password change), and advances the user's [`Fence`]. Returns how many were
+    /// revoked.
     ///
     /// # Errors
     ///
@@ -282,8 +360,8 @@ impl SessionManager {
             .await
     }
 
-    /// Revokes every session of `user_id` (password reset, account deletion, admin action).
-    /// Returns how many were revoked.
+    /// Revokes every session of `user_id` (password reset, account deletion, admin action), and
+    /// advances the user's [`Fence`]. Returns how many were revoked.
     ///
     /// # Errors
     ///
@@ -298,25 +376,37 @@ impl SessionManager {
         except: Option<Uuid>,
         reason: RevocationReason,
     ) -> Result<u64, Error> {
-        let hashes = self
-            .store_call(self.inner.store.revoke_all(user_id, except, reason, now()))
-            .await?;
-        self.forget(&hashes, reason).await;
-        Ok(u64::try_from(hashes.len()).unwrap_or(u64::MAX))
+        let this = self.clone();
+        run_to_end(async move {
+            let hashes = this
+                .store_call(
+                    this.inner
+                        .store
+                        .revoke_all(user_id, except, reason, this.now()),
+                )
+                .await?;
+            this.forget(&hashes, reason).await;
+            Ok(u64::try_from(hashes.len()).unwrap_or(u64::MAX))
+        })
+        .await
     }
 
-    /// Deletes expired sessions and sessions revoked longer than `revoked_retention` ago.
-    /// Returns how many rows were deleted.
+    /// Deletes expired sessions and sessions revoked longer than `revoked_retention` ago, with
+    /// their rotated-out token hashes. Returns how many sessions were deleted.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] when the store fails.
     pub async fn cleanup(&self) -> Result<u64, Error> {
-        let now = now();
-        let retention = self.inner.config.revoked_retention;
-        Ok(self
-            .store_call(self.inner.store.cleanup(now, now - retention))
-            .await?)
+        let this = self.clone();
+        run_to_end(async move {
+            let now = this.now();
+            let retention = this.inner.config.revoked_retention;
+            Ok(this
+                .store_call(this.inner.store.cleanup(now, now - retention))
+                .await?)
+        })
+        .await
     }
 
     /// Runs [`cleanup`](Self::cleanup) every `period` on the current Tokio runtime until the
@@ -344,7 +434,7 @@ impl SessionManager {
 
     /// Writes all pending `last_active_at` updates and waits for them. Call it on shutdown.
     pub async fn shutdown(&self) {
-        self.inner.cache.run_pending_tasks().await;
+        self.cache().run_pending_tasks().await;
         self.inner.touches.flush().await;
     }
 
@@ -358,13 +448,88 @@ impl SessionManager {
     /// Number of sessions currently cached (approximate).
     #[must_use]
     pub fn cached_sessions(&self) -> u64 {
-        self.inner.cache.len()
+        self.cache().len()
     }
 
     /// Runs the cache's pending maintenance, so that [`cached_sessions`](Self::cached_sessions)
     /// is exact; for tests and benchmarks.
     pub async fn sync_cache(&self) {
-        self.inner.cache.run_pending_tasks().await;
+        self.cache().run_pending_tasks().await;
+    }
+
+    /// Validates an encoded token as the layer does (cache first, then the store).
+    /// `Ok(None)` for a malformed, unknown, expired, idle or revoked token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store cannot be reached on a cache miss: fail closed.
+    pub async fn validate(&self, token: &str) -> Result<Option<CurrentSession>, Error> {
+        let Ok(hash) = TokenHash::from_encoded(token) else {
+            return Ok(None);
+        };
+        let entry = match self.authenticate_cached(&hash) {
+            Cached::Hit(entry) => Some(entry),
+            Cached::Refused => None,
+            Cached::Unknown => self.authenticate(hash).await?,
+        };
+        Ok(entry.map(|entry| CurrentSession::new(entry, Transport::Bearer)))
+    }
+
+    /// The layer's hot path: what memory alone says about `hash`.
+    pub(crate) fn authenticate_cached(&self, hash: &TokenHash) -> Cached {
+        self.inner.validator.cached(hash)
+    }
+
+    /// The layer's miss path: asks the store (one query per token at a time) and revokes a
+    /// session whose rotated-out token came back.
+    pub(crate) async fn authenticate(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
+        match self.inner.validator.check(hash).await {
+            Checked::Valid(entry) => Ok(Some(entry)),
+            Checked::Invalid => Ok(None),
+            Checked::Reused(session) => {
+                self.revoke_reused(&session).await;
+                Ok(None)
+            }
+            Checked::Failed(error) => {
+                self.inner.counters.store_errors.increment(1);
+                tracing::error!(%error, "session lookup failed; request treated as unauthenticated-unavailable");
+                Err(error)
+            }
+        }
+    }
+
+    /// A rotated-out token came back: whoever holds it copied it. End the session everywhere.
+    async fn revoke_reused(&self, session: &Session) {
+        if session.revoked_at.is_some() {
+            return;
+        }
+        self.inner.counters.token_reuse.increment(1);
+        tracing::warn!(
+            session_id = %session.id,
+            user_id = %session.user_id,
+            "rotated-out session token presented again; revoking the session"
+        );
+        match self
+            .revoke(session.user_id, session.id, RevocationReason::TokenReuse)
+            .await
+        {
+            // Revoked meanwhile by something else: the outcome is the same.
+            Ok(()) | Err(Error::SessionNotFound) => {}
+            Err(error) => {
+                tracing::error!(%error, session_id = %session.id, "could not revoke a session after token reuse");
+            }
+        }
+    }
+
+    fn cache(&self) -> &SessionCache {
+        self.inner.validator.cache()
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.inner.config.clock.now()
     }
 
     /// The window for management calls (list, rotate, the session limit). The stored
@@ -376,11 +541,11 @@ impl SessionManager {
         let lag = config.touch_interval() + config.touch_flush_interval;
         Liveness {
             now,
-            idle_cutoff: now - config.idle_timeout - lag,
+            idle_cutoff: now - config.idle_timeout() - lag,
         }
     }
 
-    pub(crate) async fn store_call<T>(
+    async fn store_call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -393,7 +558,7 @@ impl SessionManager {
     /// Drops revoked hashes from this instance's cache before the caller hears of success.
     async fn forget(&self, hashes: &[TokenHash], reason: RevocationReason) {
         for hash in hashes {
-            self.inner.cache.invalidate(*hash).await;
+            self.cache().invalidate(*hash).await;
         }
         if !hashes.is_empty() {
             ::metrics::counter!(metrics::REVOCATIONS, "reason" => reason.as_str())
@@ -402,7 +567,16 @@ impl SessionManager {
     }
 }
 
-/// The current time at the microsecond precision that both SQL stores keep.
-pub(crate) fn now() -> OffsetDateTime {
-    from_us(now_us())
+/// Runs a mutation on a task of its own, so that it completes (store commit, cache invalidation,
+/// publication) even if the caller's future is dropped half-way.
+async fn run_to_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "a session operation's task ended before finishing");
+            Err(Error::Interrupted)
+        }
+    }
 }

@@ -9,6 +9,9 @@
 pub const CACHE_HITS: &str = "session_layer_cache_hits_total";
 /// Requests whose token was not in the cache.
 pub const CACHE_MISSES: &str = "session_layer_cache_misses_total";
+/// Cache misses answered from the memory of unknown, revoked or expired tokens, without a store
+/// query.
+pub const MISS_CACHE_HITS: &str = "session_layer_miss_cache_hits_total";
 /// Token lookups sent to the store.
 pub const STORE_QUERIES: &str = "session_layer_store_queries_total";
 /// Sessions revoked through the manager (label `reason`).
@@ -23,6 +26,7 @@ pub const TOKEN_REUSE: &str = "session_layer_token_reuse_total";
 pub(crate) struct Counters {
     pub(crate) cache_hits: metrics::Counter,
     pub(crate) cache_misses: metrics::Counter,
+    pub(crate) miss_cache_hits: metrics::Counter,
     pub(crate) store_queries: metrics::Counter,
     pub(crate) store_errors: metrics::Counter,
     pub(crate) token_reuse: metrics::Counter,
@@ -33,6 +37,7 @@ impl Counters {
         Self {
             cache_hits: metrics::counter!(CACHE_HITS),
             cache_misses: metrics::counter!(CACHE_MISSES),
+            miss_cache_hits: metrics::counter!(MISS_CACHE_HITS),
             store_queries: metrics::counter!(STORE_QUERIES),
             store_errors: metrics::counter!(STORE_ERRORS),
             token_reuse: metrics::counter!(TOKEN_REUSE),

@@ -41,19 +41,6 @@ pub struct Session {
     pub revoked_reason: Option<RevocationReason>,
 }
 
-impl Session {
-    /// Whether the session may still be used at `now` given the idle timeout, judged on
-    /// `last_used` (the most recent use known, which may be newer than `last_active_at`).
-    pub(crate) fn is_usable(
-        &self,
-        now: OffsetDateTime,
-        last_used: OffsetDateTime,
-        idle: std::time::Duration,
-    ) -> bool {
-        self.revoked_at.is_none() && now < self.expires_at && now - last_used < idle
-    }
-}
-
 /// Why a session was revoked. Stored as the snake_case string of [`as_str`](Self::as_str).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::cache::from_us;
+use crate::clock::from_us;
 use crate::metrics;
 use crate::store::SessionStore;
 

@@ -1,158 +1,187 @@
-//! Request validation: the cache-hit path the layer takes, the store lookup behind a miss, and
-//! reuse detection for rotated-out tokens.
+//! Request validation: the cache-hit path the layer takes, and the store lookup behind a miss.
+//! Reuse of a rotated-out token is detected here and reported to the manager, which revokes.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use crate::cache::{Loaded, SessionEntry, Usability, from_us, now_us};
-use crate::error::{Error, StoreError};
-use crate::extract::{CurrentSession, Transport};
-use crate::manager::SessionManager;
-use crate::session::{RevocationReason, Session};
-use crate::store::TokenMatch;
+use crate::activity::ActivityLog;
+use crate::cache::{Fetched, Judgement, Miss, SessionCache, SessionEntry};
+use crate::clock::{Clock, to_us};
+use crate::error::StoreError;
+use crate::metrics::Counters;
+use crate::session::Session;
+use crate::store::{SessionStore, TokenMatch};
 use crate::token::TokenHash;
+use crate::touch::TouchSender;
 
-/// Why a token did not yield a usable session on a cache miss.
-enum Verdict {
-    Unusable,
+/// What the cache alone says about a token.
+pub(crate) enum Cached {
+    /// A usable session; its use is recorded.
+    Hit(Arc<SessionEntry>),
+    /// Past its absolute lifetime: refused without asking the store.
+    Refused,
+    /// The store must be asked.
+    Unknown,
+}
+
+/// What a store-backed check concluded.
+pub(crate) enum Checked {
+    Valid(Arc<SessionEntry>),
+    /// Unknown, revoked, expired or idle.
+    Invalid,
+    /// A rotated-out token of this session came back: the session must be revoked.
     Reused(Session),
     Failed(StoreError),
 }
 
-impl SessionManager {
-    /// Validates an encoded token as the layer does (cache first, then the store).
-    /// `Ok(None)` for a malformed, unknown, expired, idle or revoked token.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Store`] when the store cannot be reached on a cache miss: fail closed.
-    pub async fn validate(&self, token: &str) -> Result<Option<CurrentSession>, Error> {
-        let Ok(hash) = TokenHash::from_encoded(token) else {
-            return Ok(None);
-        };
-        let entry = match self.authenticate_cached(&hash) {
-            Some(cached) => cached,
-            None => self.authenticate_slow(hash).await?,
-        };
-        Ok(entry.map(|entry| CurrentSession::new(entry, Transport::Bearer)))
-    }
+pub(crate) struct Validator {
+    store: Arc<dyn SessionStore>,
+    cache: Arc<SessionCache>,
+    activity: ActivityLog,
+    touches: TouchSender,
+    clock: Clock,
+    idle_us: i64,
+    touch_interval_us: i64,
+    counters: Counters,
+}
 
-    /// The hot path: a cache hit answered without waiting. `None` means "go to the store".
-    pub(crate) fn authenticate_cached(
-        &self,
-        hash: &TokenHash,
-    ) -> Option<Option<Arc<SessionEntry>>> {
-        let inner = &self.inner;
-        let now = now_us();
-        let entry = inner.cache.peek(hash, now)?;
-        match entry.use_at(now, inner.idle_us, inner.touch_interval_us) {
-            Usability::Usable { touch_due } => {
-                inner.counters.cache_hits.increment(1);
-                if touch_due {
-                    inner.touches.touch(entry.session.id, now);
-                }
-                Some(Some(entry))
-            }
-            Usability::Expired => Some(None),
-            // Another instance may have seen a more recent use: ask the store.
-            Usability::Idle => None,
+/// The settings a [`Validator`] judges by.
+pub(crate) struct Judging {
+    pub(crate) clock: Clock,
+    pub(crate) idle_us: i64,
+    pub(crate) touch_interval_us: i64,
+}
+
+impl Validator {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        cache: Arc<SessionCache>,
+        activity: ActivityLog,
+        touches: TouchSender,
+        judging: Judging,
+        counters: Counters,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            activity,
+            touches,
+            clock: judging.clock,
+            idle_us: judging.idle_us,
+            touch_interval_us: judging.touch_interval_us,
+            counters,
         }
     }
 
-    /// A cache miss: one store query per key at a time, and reuse detection.
-    pub(crate) async fn authenticate_slow(
-        &self,
-        hash: TokenHash,
-    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
-        let inner = &self.inner;
-        inner.counters.cache_misses.increment(1);
-        let now_us = now_us();
-        let loaded = inner
+    pub(crate) fn cache(&self) -> &Arc<SessionCache> {
+        &self.cache
+    }
+
+    pub(crate) fn activity(&self) -> &ActivityLog {
+        &self.activity
+    }
+
+    /// The hot path: answered from memory, without waiting.
+    pub(crate) fn cached(&self, hash: &TokenHash) -> Cached {
+        let Some(entry) = self.cache.get_now(hash, self.clock.monotonic_us()) else {
+            return Cached::Unknown;
+        };
+        let now = self.clock.wall_us();
+        match entry.judge(now, self.idle_us) {
+            Judgement::Usable => {
+                self.counters.cache_hits.increment(1);
+                self.record_use(&entry, now);
+                Cached::Hit(entry)
+            }
+            Judgement::Expired => Cached::Refused,
+            // Another instance may have seen a more recent use: ask the store.
+            Judgement::Idle => Cached::Unknown,
+        }
+    }
+
+    /// A cache miss: one store query per key at a time.
+    pub(crate) async fn check(&self, hash: TokenHash) -> Checked {
+        self.counters.cache_misses.increment(1);
+        let started = self.clock.monotonic_us();
+        let now = self.clock.wall_us();
+        let fetched = self
             .cache
             .get_or_load(
                 hash,
                 |cached| {
-                    matches!(
-                        cached.use_at(now_us, inner.idle_us, i64::MAX),
-                        Usability::Usable { .. }
-                    )
+                    self.cache.is_fresh(cached, started)
+                        && cached.judge(now, self.idle_us) == Judgement::Usable
                 },
-                || self.load(hash, now_us),
+                || self.load(hash, now, started),
             )
             .await;
-        match loaded {
-            Loaded::Entry(entry) => {
-                match entry.use_at(now_us, inner.idle_us, inner.touch_interval_us) {
-                    Usability::Usable { touch_due } => {
-                        if touch_due {
-                            inner.touches.touch(entry.session.id, now_us);
-                        }
-                        Ok(Some(entry))
-                    }
-                    Usability::Expired | Usability::Idle => Ok(None),
-                }
+        match fetched {
+            Fetched::Entry(entry) if entry.judge(now, self.idle_us) == Judgement::Usable => {
+                self.record_use(&entry, now);
+                Checked::Valid(entry)
             }
-            Loaded::Other(Verdict::Unusable) => Ok(None),
-            Loaded::Other(Verdict::Failed(error)) => {
-                inner.counters.store_errors.increment(1);
-                tracing::error!(%error, "session lookup failed; request treated as unauthenticated-unavailable");
-                Err(error)
-            }
-            Loaded::Other(Verdict::Reused(session)) => {
-                self.handle_reuse(&session).await;
-                Ok(None)
-            }
+            Fetched::Entry(_) => Checked::Invalid,
+            Fetched::Rejected(checked) => checked,
         }
     }
 
-    async fn load(&self, hash: TokenHash, now_us: i64) -> Loaded<Verdict> {
-        let failures = &self.inner.last_lookup_failure_us;
-        if failures.load(Ordering::Acquire) >= now_us {
-            // A lookup that started no earlier than this request failed: share its outcome.
-            return Loaded::Other(Verdict::Failed(StoreError::new(
-                "look up a session",
-                "a lookup queued ahead of this one just failed",
-            )));
+    fn record_use(&self, entry: &SessionEntry, now: i64) {
+        if entry.record_use(now, self.touch_interval_us) {
+            self.touches.touch(entry.session.id, now);
         }
-        self.inner.counters.store_queries.increment(1);
-        let found = match self.inner.store.find_by_token(&hash).await {
+    }
+
+    /// Reads the token's session from the store, unless the cache remembers that the token is
+    /// useless or that a lookup which finished after this request `started` failed.
+    async fn load(&self, hash: TokenHash, now: i64, started: i64) -> Fetched<Checked> {
+        match self.cache.miss(&hash).await {
+            Some(Miss::Useless) => {
+                self.counters.miss_cache_hits.increment(1);
+                return Fetched::Rejected(Checked::Invalid);
+            }
+            // Lookups of one token queue one behind the other: share the failure of the one
+            // ahead instead of each waiting out its own.
+            Some(Miss::Failed { at_us }) if at_us >= started => {
+                return Fetched::Rejected(Checked::Failed(StoreError::new(
+                    "look up a session",
+                    "a lookup of the same token queued ahead of this one just failed",
+                )));
+            }
+            Some(Miss::Failed { .. }) | None => {}
+        }
+        self.counters.store_queries.increment(1);
+        let found = match self.store.find_by_token(&hash).await {
             Ok(Some(found)) => found,
-            Ok(None) => return Loaded::Other(Verdict::Unusable),
+            Ok(None) => {
+                self.cache.remember_miss(hash, Miss::Useless).await;
+                return Fetched::Rejected(Checked::Invalid);
+            }
             Err(error) => {
-                failures.fetch_max(crate::cache::now_us(), Ordering::AcqRel);
-                return Loaded::Other(Verdict::Failed(error));
+                let at_us = self.clock.monotonic_us();
+                self.cache.remember_miss(hash, Miss::Failed { at_us }).await;
+                return Fetched::Rejected(Checked::Failed(error));
             }
         };
         let session = found.session;
-        match found.matched {
-            TokenMatch::Previous => Loaded::Other(Verdict::Reused(session)),
-            TokenMatch::Current => {
-                let now = from_us(now_us);
-                if session.is_usable(now, session.last_active_at, self.inner.config.idle_timeout) {
-                    Loaded::Entry(Arc::new(SessionEntry::new(session, hash)))
-                } else {
-                    Loaded::Other(Verdict::Unusable)
-                }
-            }
+        if found.matched == TokenMatch::Retired {
+            return Fetched::Rejected(Checked::Reused(session));
         }
-    }
-
-    /// A rotated-out token came back: whoever holds it copied it. End the session everywhere.
-    async fn handle_reuse(&self, session: &Session) {
-        if session.revoked_at.is_some() {
-            return;
+        if session.revoked_at.is_some() || now >= to_us(session.expires_at) {
+            self.cache.remember_miss(hash, Miss::Useless).await;
+            return Fetched::Rejected(Checked::Invalid);
         }
-        self.inner.counters.token_reuse.increment(1);
-        tracing::warn!(
-            session_id = %session.id,
-            user_id = %session.user_id,
-            "rotated-out session token presented again; revoking the session"
-        );
-        if let Err(error) = self
-            .revoke(session.user_id, session.id, RevocationReason::TokenReuse)
-            .await
-        {
-            tracing::error!(%error, session_id = %session.id, "could not revoke a session after token reuse");
+        let last_use = self
+            .activity
+            .track(
+                session.user_id,
+                session.id,
+                to_us(session.last_active_at),
+                now,
+            )
+            .await;
+        let entry = SessionEntry::new(session, hash, last_use, self.clock.monotonic_us());
+        match entry.judge(now, self.idle_us) {
+            Judgement::Usable => Fetched::Entry(Arc::new(entry)),
+            Judgement::Expired | Judgement::Idle => Fetched::Rejected(Checked::Invalid),
         }
     }
 }

@@ -91,6 +91,8 @@ async fn counters_report_hits_misses_queries_revocations_and_errors() {
         1
     );
 
+    // Write the revoked session's last use now, so that only the failing create counts below.
+    manager.shutdown().await;
     probe.fail(true);
     let other = manager.create(NewSession::new(user)).await;
     assert!(other.is_err());

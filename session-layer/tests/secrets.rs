@@ -131,7 +131,7 @@ async fn no_token_in_sqlite_rows_or_logs() {
     let pool = store.pool().clone();
     let secrets = lifecycle(Arc::new(store)).await;
     let rows = sqlx::query(
-        "SELECT hex(id) || hex(user_id) || hex(token_hash) || coalesce(hex(previous_token_hash), '') \
+        "SELECT hex(id) || hex(user_id) || hex(token_hash) \
          || device || device_type || coalesce(device_name, '') || coalesce(user_agent, '') \
          || coalesce(ip_address, '') || coalesce(revoked_reason, '') AS dump FROM sessions",
     )

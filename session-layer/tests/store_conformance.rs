@@ -5,8 +5,10 @@ mod common;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use session_layer::store::{Liveness, TokenMatch};
-use session_layer::{DeviceType, RevocationReason, Session, SessionStore, SessionToken, TokenHash};
+use session_layer::store::{Inserted, Liveness, SessionInsert, TokenMatch};
+use session_layer::{
+    DeviceType, Fence, RevocationReason, Session, SessionStore, SessionToken, StoreError, TokenHash,
+};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -53,10 +55,47 @@ async fn stored(store: &dyn SessionStore, hash: &TokenHash) -> Session {
         .session
 }
 
+/// Inserts `s` under `h` with no checks beyond the optional limit and fence.
+async fn insert_as(
+    store: &dyn SessionStore,
+    s: &Session,
+    h: &TokenHash,
+    max_active: Option<u32>,
+    fence: Option<Fence>,
+    recent_activity: &[(Uuid, OffsetDateTime)],
+) -> Result<Inserted, StoreError> {
+    store
+        .insert(SessionInsert {
+            session: s,
+            token_hash: h,
+            max_active,
+            live: live(s.created_at),
+            fence,
+            recent_activity,
+        })
+        .await
+}
+
+/// Inserts `s` with a limit; returns the evicted hashes.
+async fn insert_limited(
+    store: &dyn SessionStore,
+    s: &Session,
+    max: u32,
+    recent: &[(Uuid, OffsetDateTime)],
+) -> Vec<TokenHash> {
+    match insert_as(store, s, &hash(), Some(max), None, recent)
+        .await
+        .unwrap()
+    {
+        Inserted::Created { evicted } => evicted,
+        Inserted::Fenced => panic!("no fence was given"),
+    }
+}
+
 async fn insert(store: &dyn SessionStore, s: &Session) -> TokenHash {
     let h = hash();
-    let evicted = store.insert(s, &h, None, live(s.created_at)).await.unwrap();
-    assert!(evicted.is_empty());
+    let inserted = insert_as(store, s, &h, None, None, &[]).await.unwrap();
+    assert_eq!(inserted, Inserted::Created { evicted: vec![] });
     h
 }
 
@@ -82,10 +121,79 @@ async fn inserted_session_is_found_by_its_hash_with_every_field(store: Arc<dyn S
 async fn duplicate_token_hash_is_rejected(store: Arc<dyn SessionStore>) {
     let user = Uuid::now_v7();
     let h = insert(&*store, &session(user, base())).await;
-    let again = store
-        .insert(&session(user, base()), &h, None, live(base()))
-        .await;
+    let again = insert_as(&*store, &session(user, base()), &h, None, None, &[]).await;
     assert!(again.is_err());
+}
+
+/// Finding 1 at the store level: every hash a session rotated out stays known as retired, not
+/// only the last one.
+async fn every_rotated_out_hash_stays_in_the_family(store: Arc<dyn SessionStore>) {
+    let s = session(Uuid::now_v7(), base());
+    let mut family = vec![insert(&*store, &s).await];
+    for _ in 0..3 {
+        let new = hash();
+        let current = *family.last().unwrap();
+        assert!(
+            store
+                .rotate(s.user_id, s.id, &current, &new, live(base()))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        family.push(new);
+    }
+    let (current, retired) = family.split_last().unwrap();
+    assert_eq!(
+        store.find_by_token(current).await.unwrap().unwrap().matched,
+        TokenMatch::Current
+    );
+    for old in retired {
+        let found = store.find_by_token(old).await.unwrap().unwrap();
+        assert_eq!(found.matched, TokenMatch::Retired);
+        assert_eq!(found.session.id, s.id);
+    }
+}
+
+async fn fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing(
+    store: Arc<dyn SessionStore>,
+) {
+    let user = Uuid::now_v7();
+    let initial = store.fence(user).await.unwrap();
+    assert_eq!(initial, Fence::INITIAL);
+    let first = session(user, base());
+    let h = hash();
+    let inserted = insert_as(&*store, &first, &h, Some(10), Some(initial), &[])
+        .await
+        .unwrap();
+    assert_eq!(inserted, Inserted::Created { evicted: vec![] });
+    // "Sign out everywhere else" advances the fence too.
+    store
+        .revoke_all(
+            user,
+            Some(first.id),
+            RevocationReason::PasswordChange,
+            base(),
+        )
+        .await
+        .unwrap();
+    let advanced = store.fence(user).await.unwrap();
+    assert!(advanced > initial);
+    assert_eq!(
+        store.fence(Uuid::now_v7()).await.unwrap(),
+        Fence::INITIAL,
+        "fences are per user"
+    );
+    let late = session(user, base());
+    let late_hash = hash();
+    let refused = insert_as(&*store, &late, &late_hash, Some(10), Some(initial), &[])
+        .await
+        .unwrap();
+    assert_eq!(refused, Inserted::Fenced);
+    assert!(store.find_by_token(&late_hash).await.unwrap().is_none());
+    let current = insert_as(&*store, &late, &late_hash, None, Some(advanced), &[])
+        .await
+        .unwrap();
+    assert_eq!(current, Inserted::Created { evicted: vec![] });
 }
 
 async fn rotation_keeps_the_old_hash_as_previous(store: Arc<dyn SessionStore>) {
@@ -105,7 +213,7 @@ async fn rotation_keeps_the_old_hash_as_previous(store: Arc<dyn SessionStore>) {
     let found = store.find_by_token(&new).await.unwrap().unwrap();
     assert_eq!(found.matched, TokenMatch::Current);
     let found = store.find_by_token(&old).await.unwrap().unwrap();
-    assert_eq!(found.matched, TokenMatch::Previous);
+    assert_eq!(found.matched, TokenMatch::Retired);
     assert_eq!(found.session.id, s.id);
     // The stale hash cannot rotate again.
     assert!(
@@ -286,22 +394,34 @@ async fn session_limit_revokes_the_least_recently_active(store: Arc<dyn SessionS
     let h_tied = insert(&*store, &tied_newer).await;
 
     let newest = session(user, now);
-    let evicted = store
-        .insert(&newest, &hash(), Some(3), live(now))
-        .await
-        .unwrap();
+    let evicted = insert_limited(&*store, &newest, 3, &[]).await;
     assert_eq!(evicted, vec![h_second]);
     let gone = stored(&*store, &h_second).await;
     assert_eq!(gone.revoked_reason, Some(RevocationReason::SessionLimit));
     for h in [h_first, h_tied] {
         assert!(stored(&*store, &h).await.revoked_at.is_none());
     }
-    let evicted = store
-        .insert(&session(user, now), &hash(), Some(1), live(now))
-        .await
-        .unwrap();
+    let evicted = insert_limited(&*store, &session(user, now), 1, &[]).await;
     assert_eq!(evicted.len(), 3);
     assert_eq!(store.list_active(user, live(now)).await.unwrap().len(), 1);
+}
+
+/// Finding 5 at the store level: uses seen only in memory decide the eviction.
+async fn session_limit_counts_activity_not_yet_written(store: Arc<dyn SessionStore>) {
+    let user = Uuid::now_v7();
+    let now = base();
+    let used = session(user, now - Duration::hours(2));
+    let idle = session(user, now - Duration::hours(1));
+    let h_used = insert(&*store, &used).await;
+    let h_idle = insert(&*store, &idle).await;
+    let recent = [(used.id, now - Duration::seconds(5))];
+    let evicted = insert_limited(&*store, &session(user, now), 2, &recent).await;
+    assert_eq!(evicted, vec![h_idle]);
+    assert!(stored(&*store, &h_used).await.revoked_at.is_none());
+    assert_eq!(
+        stored(&*store, &h_used).await.last_active_at,
+        now - Duration::seconds(5)
+    );
 }
 
 async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn SessionStore>) {
@@ -354,9 +474,25 @@ async fn cleanup_deletes_expired_and_long_revoked_rows_only(store: Arc<dyn Sessi
         .await
         .unwrap();
 
+    // A rotated-out hash of a purged session goes with it.
+    let expired_session = stored(&*store, &expired).await;
+    let expired_new = hash();
+    store
+        .rotate(
+            user,
+            expired_session.id,
+            &expired,
+            &expired_new,
+            live(expired_session.created_at),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
     let deleted = store.cleanup(now, now - Duration::days(1)).await.unwrap();
     assert_eq!(deleted, 2);
     assert!(store.find_by_token(&expired).await.unwrap().is_none());
+    assert!(store.find_by_token(&expired_new).await.unwrap().is_none());
     assert!(store.find_by_token(&h_old).await.unwrap().is_none());
     assert!(store.find_by_token(&live_one).await.unwrap().is_some());
     assert!(store.find_by_token(&h_fresh).await.unwrap().is_some());
@@ -371,6 +507,9 @@ macro_rules! store_suite {
                 inserted_session_is_found_by_its_hash_with_every_field,
                 duplicate_token_hash_is_rejected,
                 rotation_keeps_the_old_hash_as_previous,
+                every_rotated_out_hash_stays_in_the_family,
+                fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing,
+                session_limit_counts_activity_not_yet_written,
                 concurrent_rotations_of_one_token_have_exactly_one_winner,
                 rotation_checks_owner_and_liveness,
                 list_shows_only_the_users_live_sessions_most_recent_first,

@@ -7,10 +7,10 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{bearer_token, cookie_value};
-use crate::extract::{CurrentSession, Transport};
+use crate::credential::credential;
+use crate::extract::CurrentSession;
 use crate::manager::SessionManager;
-use crate::token::{TokenHash, decode};
+use crate::validate::Cached;
 
 /// Applies [`SessionService`] to a service. Build it from the application's
 /// [`SessionManager`]; see the [module docs](crate::layer) for what it does per request.
@@ -58,17 +58,6 @@ impl<S> SessionService<S> {
     }
 }
 
-/// The presented credential: hash and transport, or nothing usable.
-fn credential(headers: &http::HeaderMap, cookie_name: &str) -> Option<(TokenHash, Transport)> {
-    // A malformed bearer token does not fall back to the cookie: the client chose a credential.
-    let (raw, transport) = match bearer_token(headers) {
-        Some(token) => (token, Transport::Bearer),
-        None => (cookie_value(headers, cookie_name)?, Transport::Cookie),
-    };
-    let bytes = decode(raw).ok()?;
-    Some((TokenHash::of_bytes(&bytes), transport))
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -90,21 +79,20 @@ where
             return ResponseFuture::inner(self.inner.call(request));
         };
         match self.manager.authenticate_cached(&hash) {
-            Some(found) => {
-                if let Some(entry) = found {
-                    request
-                        .extensions_mut()
-                        .insert(CurrentSession::new(entry, transport));
-                }
+            Cached::Hit(entry) => {
+                request
+                    .extensions_mut()
+                    .insert(CurrentSession::new(entry, transport));
                 ResponseFuture::inner(self.inner.call(request))
             }
-            None => {
+            Cached::Refused => ResponseFuture::inner(self.inner.call(request)),
+            Cached::Unknown => {
                 // The store must be asked, so the ready service moves into the future; see
                 // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let manager = self.manager.clone();
-                let lookup = Box::pin(async move { manager.authenticate_slow(hash).await });
+                let lookup = Box::pin(async move { manager.authenticate(hash).await });
                 ResponseFuture::lookup(lookup, inner, request, transport)
             }
         }

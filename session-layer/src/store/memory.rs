@@ -1,12 +1,13 @@
 //! An in-process store for unit tests and single-process prototypes. Nothing survives a restart.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{FoundSession, Liveness, SessionStore, TokenMatch};
+use super::{Fence, FoundSession, Inserted, Liveness, SessionInsert, SessionStore, TokenMatch};
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
@@ -15,7 +16,8 @@ use crate::token::TokenHash;
 struct Row {
     session: Session,
     token_hash: TokenHash,
-    previous_token_hash: Option<TokenHash>,
+    /// Every hash a rotation replaced.
+    retired: Vec<TokenHash>,
 }
 
 impl Row {
@@ -35,7 +37,13 @@ impl Row {
 /// durability. Use it in tests.
 #[derive(Default)]
 pub struct MemoryStore {
-    rows: Mutex<Vec<Row>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    rows: Vec<Row>,
+    fences: HashMap<Uuid, u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -51,10 +59,10 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn rows(&self) -> MutexGuard<'_, Vec<Row>> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a row half-written (every update is a
         // plain field assignment), so a poisoned lock is still consistent.
-        self.rows
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -67,18 +75,20 @@ fn by_recency(a: &Session, b: &Session) -> std::cmp::Ordering {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError> {
-        let mut rows = self.rows();
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
+        let (session, token_hash) = (insert.session, *insert.token_hash);
+        let mut state = self.state();
+        let State { rows, fences } = &mut *state;
+        if insert
+            .fence
+            .is_some_and(|f| f.epoch() != fences.get(&session.user_id).copied().unwrap_or(0))
+        {
+            return Ok(Inserted::Fenced);
+        }
         if rows.iter().any(|r| {
             r.session.id == session.id
-                || r.token_hash == *token_hash
-                || r.previous_token_hash == Some(*token_hash)
+                || r.token_hash == token_hash
+                || r.retired.contains(&token_hash)
         }) {
             return Err(StoreError::new(
                 "insert a session",
@@ -86,33 +96,42 @@ impl SessionStore for MemoryStore {
             ));
         }
         let mut evicted = Vec::new();
-        if let Some(max) = max_active {
+        if let Some(max) = insert.max_active {
+            touch_rows(rows, insert.recent_activity);
             let keep = usize::try_from(max.saturating_sub(1)).unwrap_or(usize::MAX);
             let mut others: Vec<usize> = (0..rows.len())
-                .filter(|&i| rows[i].session.user_id == session.user_id && rows[i].is_active(live))
+                .filter(|&i| {
+                    rows[i].session.user_id == session.user_id && rows[i].is_active(insert.live)
+                })
                 .collect();
             others.sort_by(|&a, &b| by_recency(&rows[a].session, &rows[b].session));
             for &i in others.iter().skip(keep) {
-                evicted.push(rows[i].revoke(RevocationReason::SessionLimit, live.now));
+                evicted.push(rows[i].revoke(RevocationReason::SessionLimit, insert.live.now));
             }
         }
         rows.push(Row {
             session: session.clone(),
-            token_hash: *token_hash,
-            previous_token_hash: None,
+            token_hash,
+            retired: Vec::new(),
         });
-        Ok(evicted)
+        Ok(Inserted::Created { evicted })
+    }
+
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+        Ok(Fence::new(
+            self.state().fences.get(&user_id).copied().unwrap_or(0),
+        ))
     }
 
     async fn find_by_token(
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<FoundSession>, StoreError> {
-        Ok(self.rows().iter().find_map(|r| {
+        Ok(self.state().rows.iter().find_map(|r| {
             let matched = if r.token_hash == *token_hash {
                 TokenMatch::Current
-            } else if r.previous_token_hash == Some(*token_hash) {
-                TokenMatch::Previous
+            } else if r.retired.contains(token_hash) {
+                TokenMatch::Retired
             } else {
                 return None;
             };
@@ -131,8 +150,8 @@ impl SessionStore for MemoryStore {
         new: &TokenHash,
         live: Liveness,
     ) -> Result<Option<Session>, StoreError> {
-        let mut rows = self.rows();
-        let Some(row) = rows.iter_mut().find(|r| {
+        let mut state = self.state();
+        let Some(row) = state.rows.iter_mut().find(|r| {
             r.session.id == session_id
                 && r.session.user_id == user_id
                 && r.token_hash == *current
@@ -140,14 +159,15 @@ impl SessionStore for MemoryStore {
         }) else {
             return Ok(None);
         };
-        row.previous_token_hash = Some(row.token_hash);
+        row.retired.push(row.token_hash);
         row.token_hash = *new;
         Ok(Some(row.session.clone()))
     }
 
     async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
         let mut sessions: Vec<Session> = self
-            .rows()
+            .state()
+            .rows
             .iter()
             .filter(|r| r.session.user_id == user_id && r.is_active(live))
             .map(|r| r.session.clone())
@@ -164,7 +184,8 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
     ) -> Result<Option<TokenHash>, StoreError> {
         Ok(self
-            .rows()
+            .state()
+            .rows
             .iter_mut()
             .find(|r| {
                 r.session.id == session_id
@@ -182,8 +203,10 @@ impl SessionStore for MemoryStore {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<Vec<TokenHash>, StoreError> {
-        Ok(self
-            .rows()
+        let mut state = self.state();
+        *state.fences.entry(user_id).or_insert(0) += 1;
+        Ok(state
+            .rows
             .iter_mut()
             .filter(|r| {
                 r.session.user_id == user_id
@@ -195,15 +218,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
-        let mut rows = self.rows();
-        for (id, at) in touches {
-            if let Some(row) = rows
-                .iter_mut()
-                .find(|r| r.session.id == *id && r.session.revoked_at.is_none())
-            {
-                row.session.last_active_at = row.session.last_active_at.max(*at);
-            }
-        }
+        touch_rows(&mut self.state().rows, touches);
         Ok(())
     }
 
@@ -212,12 +227,24 @@ impl SessionStore for MemoryStore {
         now: OffsetDateTime,
         revoked_before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let mut rows = self.rows();
+        let rows = &mut self.state().rows;
         let before = rows.len();
         rows.retain(|r| {
             r.session.expires_at >= now
                 && r.session.revoked_at.is_none_or(|at| at >= revoked_before)
         });
         Ok(u64::try_from(before - rows.len()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Moves `last_active_at` forward (never back) for live sessions.
+fn touch_rows(rows: &mut [Row], touches: &[(Uuid, OffsetDateTime)]) {
+    for (id, at) in touches {
+        if let Some(row) = rows
+            .iter_mut()
+            .find(|r| r.session.id == *id && r.session.revoked_at.is_none())
+        {
+            row.session.last_active_at = row.session.last_active_at.max(*at);
+        }
     }
 }

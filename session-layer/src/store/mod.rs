@@ -34,8 +34,66 @@ pub use sqlite::SqliteStore;
 pub enum TokenMatch {
     /// The session's current token.
     Current,
-    /// The token that the last rotation replaced: presenting it again means it was copied.
-    Previous,
+    /// A token that a rotation replaced, the last one or any earlier one (the session's token
+    /// family): presenting it again means it was copied.
+    Retired,
+}
+
+/// A user's revocation epoch, read before a sign-in proves its credential and checked when its
+/// session is inserted: every [`SessionStore::revoke_all`] advances it, so a sign-in that proved
+/// a password before a change or reset cannot create a session after it.
+///
+/// Obtain one with [`SessionManager::fence`](crate::SessionManager::fence); stores build them
+/// with [`Fence::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence(u64);
+
+impl Fence {
+    /// The fence of a user whose sessions were never all revoked.
+    pub const INITIAL: Self = Self(0);
+
+    /// A fence at epoch `epoch` (for store implementations).
+    #[must_use]
+    pub const fn new(epoch: u64) -> Self {
+        Self(epoch)
+    }
+
+    /// The epoch (for store implementations).
+    #[must_use]
+    pub const fn epoch(self) -> u64 {
+        self.0
+    }
+}
+
+/// A session to insert, with what the insert must check and apply in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionInsert<'a> {
+    /// The new session.
+    pub session: &'a Session,
+    /// Its token hash.
+    pub token_hash: &'a TokenHash,
+    /// When set and the user would hold more active sessions, the least recently active others
+    /// (ties: the older first) are revoked with [`RevocationReason::SessionLimit`].
+    pub max_active: Option<u32>,
+    /// The window in which a session counts as active.
+    pub live: Liveness,
+    /// When set, insert only if the user's fence is still at this epoch.
+    pub fence: Option<Fence>,
+    /// Uses of the user's sessions seen in memory but perhaps not yet written: applied (forward
+    /// only) before the least recently active sessions are chosen.
+    pub recent_activity: &'a [(Uuid, OffsetDateTime)],
+}
+
+/// The outcome of [`SessionStore::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The session was stored; these token hashes were revoked for the session limit.
+    Created {
+        /// Token hashes of the sessions evicted by the limit.
+        evicted: Vec<TokenHash>,
+    },
+    /// The user's fence moved past the one given: nothing was stored.
+    Fenced,
 }
 
 /// A session found by token hash, revoked or not.
@@ -76,26 +134,25 @@ pub enum Invalidation {
 /// [`rotate`](Self::rotate) atomic: two concurrent rotations of one token have exactly one winner.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Inserts a new session stored under `token_hash`. When `max_active` is set and the user now
-    /// holds more active sessions, the least recently active others (ties: the older first) are
-    /// revoked with [`RevocationReason::SessionLimit`] in the same transaction; their token hashes
-    /// are returned.
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError>;
+    /// Inserts a new session, atomically with its checks: the fence (if given) must be unchanged,
+    /// and with `max_active` set the least recently active other sessions beyond the limit are
+    /// revoked in the same transaction, after `recent_activity` was applied. Must be serialised
+    /// per user against [`revoke_all`](Self::revoke_all).
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError>;
 
-    /// Finds the session whose current or previous token hash is `token_hash`, in any state.
+    /// The user's current fence ([`Fence::INITIAL`] if their sessions were never all revoked).
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError>;
+
+    /// Finds the session whose current token hash, or one of whose rotated-out hashes, is
+    /// `token_hash`, in any state.
     async fn find_by_token(
         &self,
         token_hash: &TokenHash,
     ) -> Result<Option<FoundSession>, StoreError>;
 
-    /// Replaces the session's token hash `current` with `new`, keeping `current` as the previous
-    /// hash, if the session belongs to `user_id`, is active, and `current` is still its token.
+    /// Replaces the session's token hash `current` with `new`, keeping `current` among the
+    /// session's retired hashes for as long as the session row exists, if the session belongs to
+    /// `user_id`, is active, and `current` is still its token.
     /// Returns the updated session, or `None` when any condition failed (another rotation won).
     async fn rotate(
         &self,
@@ -119,7 +176,8 @@ pub trait SessionStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Option<TokenHash>, StoreError>;
 
-    /// Revokes every not-yet-revoked session of `user_id` except `except`; returns their hashes.
+    /// Advances the user's fence and revokes every not-yet-revoked session of `user_id` except
+    /// `except`, in one transaction; returns the revoked hashes.
     async fn revoke_all(
         &self,
         user_id: Uuid,
@@ -131,8 +189,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Moves `last_active_at` forward (never back) for live sessions, in one batch.
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError>;
 
-    /// Deletes sessions that expired before `now` and sessions revoked before `revoked_before`;
-    /// returns how many rows went.
+    /// Deletes sessions that expired before `now` and sessions revoked before `revoked_before`,
+    /// with their retired token hashes; returns how many sessions went.
     async fn cleanup(
         &self,
         now: OffsetDateTime,

@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{FoundSession, Invalidation, Liveness, SessionStore, TokenMatch};
+use super::{
+    Fence, FoundSession, Inserted, Invalidation, Liveness, SessionInsert, SessionStore, TokenMatch,
+};
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
@@ -72,7 +74,8 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates or upgrades the `sessions` table. Safe to run on every start and from several
+    /// Creates or upgrades the `sessions`, `session_retired_tokens` and `session_user_fences`
+    /// tables. Safe to run on every start and from several
     /// instances at once. Its bookkeeping lives in `_session_layer_migrations`, apart from the
     /// application's own sqlx migrations.
     ///
@@ -155,7 +158,54 @@ async fn notify(
     Ok(())
 }
 
-/// Serialises session-limit enforcement per user: a 64-bit advisory lock key from the user id.
+/// Moves `last_active_at` forward (never back) for live sessions, in one statement.
+async fn touch_with<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    touches: &[(Uuid, OffsetDateTime)],
+) -> Result<(), sqlx::Error> {
+    if touches.is_empty() {
+        return Ok(());
+    }
+    let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE sessions AS s SET last_active_at = t.at \
+         FROM (SELECT id, max(at) AS at FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+               GROUP BY id) AS t \
+         WHERE s.id = t.id AND s.revoked_at IS NULL AND s.last_active_at < t.at",
+    )
+    .bind(ids)
+    .bind(times)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn read_fence(conn: &mut sqlx::PgConnection, user_id: Uuid) -> Result<Fence, sqlx::Error> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM session_user_fences WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(Fence::new(
+        epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
+    ))
+}
+
+/// Takes the per-user transaction lock that sign-ins and `revoke_all` share.
+async fn lock_user(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(user_lock_key(user_id))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| StoreError::new(operation, e))?;
+    Ok(())
+}
+
+/// A 64-bit advisory lock key from the user id.
 fn user_lock_key(user_id: Uuid) -> i64 {
     let (high, low) = user_id.as_u64_pair();
     // Reinterpreting the bits is the point: any 64-bit value is a valid lock key.
@@ -164,21 +214,21 @@ fn user_lock_key(user_id: Uuid) -> i64 {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError> {
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
         const OP: &str = "insert a session";
+        let session = insert.session;
         let mut tx = self.begin(OP).await?;
-        if max_active.is_some() {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(user_lock_key(session.user_id))
-                .execute(&mut *tx)
+        // Serialises sign-ins of one user with each other (the session limit) and with
+        // `revoke_all` (the fence). Every later statement of this transaction takes a new
+        // snapshot, so it sees whatever committed before the lock was granted.
+        lock_user(&mut tx, session.user_id, OP).await?;
+        if let Some(fence) = insert.fence
+            && read_fence(&mut *tx, session.user_id)
                 .await
-                .map_err(|e| StoreError::new(OP, e))?;
+                .map_err(|e| StoreError::new(OP, e))?
+                != fence
+        {
+            return Ok(Inserted::Fenced);
         }
         sqlx::query(
             "INSERT INTO sessions (id, user_id, token_hash, device, device_type, device_name, \
@@ -187,7 +237,7 @@ impl SessionStore for PostgresStore {
         )
         .bind(session.id)
         .bind(session.user_id)
-        .bind(token_hash.as_bytes().as_slice())
+        .bind(insert.token_hash.as_bytes().as_slice())
         .bind(&session.device)
         .bind(session.device_type.as_str())
         .bind(&session.device_name)
@@ -199,9 +249,13 @@ impl SessionStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::new(OP, e))?;
-        let evicted = match max_active {
+        let evicted = match insert.max_active {
             None => Vec::new(),
             Some(max) => {
+                touch_with(&mut *tx, insert.recent_activity)
+                    .await
+                    .map_err(|e| StoreError::new(OP, e))?;
+                let live = insert.live;
                 let rows = sqlx::query(
                     "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = 'session_limit' \
                      WHERE id IN (SELECT id FROM sessions \
@@ -224,7 +278,18 @@ impl SessionStore for PostgresStore {
         };
         notify(&mut tx, &evicted, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
-        Ok(evicted)
+        Ok(Inserted::Created { evicted })
+    }
+
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::new("read a user's fence", e))?;
+        read_fence(&mut *conn, user_id)
+            .await
+            .map_err(|e| StoreError::new("read a user's fence", e))
     }
 
     async fn find_by_token(
@@ -232,8 +297,7 @@ impl SessionStore for PostgresStore {
         token_hash: &TokenHash,
     ) -> Result<Option<FoundSession>, StoreError> {
         const OP: &str = "look up a session";
-        // Two index probes (current and previous hash), at most one row each.
-        // A hash is random and 256 bits long, so at most one row matches either column; each
+        // A hash is random and 256 bits long, so at most one row matches either branch; each
         // branch is one plain index probe.
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -242,7 +306,8 @@ impl SessionStore for PostgresStore {
              UNION ALL \
              SELECT ",
             columns!(),
-            ", FALSE FROM sessions WHERE previous_token_hash = $1 \
+            ", FALSE FROM session_retired_tokens r JOIN sessions s ON s.id = r.session_id \
+             WHERE r.token_hash = $1 \
              LIMIT 1"
         ))
         .bind(token_hash.as_bytes().as_slice())
@@ -258,7 +323,7 @@ impl SessionStore for PostgresStore {
             matched: if is_current {
                 TokenMatch::Current
             } else {
-                TokenMatch::Previous
+                TokenMatch::Retired
             },
         }))
     }
@@ -276,7 +341,7 @@ impl SessionStore for PostgresStore {
         // The `token_hash = $3` condition is re-checked under the row lock, so of two
         // concurrent rotations of one token exactly one updates a row.
         let row = sqlx::query(concat!(
-            "UPDATE sessions SET previous_token_hash = token_hash, token_hash = $4 \
+            "UPDATE sessions SET token_hash = $4 \
              WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
                AND expires_at > $5 AND last_active_at > $6 \
              RETURNING ",
@@ -293,6 +358,16 @@ impl SessionStore for PostgresStore {
         .map_err(|e| StoreError::new(OP, e))?;
         let Some(row) = row else { return Ok(None) };
         let session = session_from_row(&row).map_err(|e| StoreError::new(OP, e))?;
+        sqlx::query(
+            "INSERT INTO session_retired_tokens (token_hash, session_id, retired_at) \
+             VALUES ($1, $2, $3)",
+        )
+        .bind(current.as_bytes().as_slice())
+        .bind(session_id)
+        .bind(live.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         notify(&mut tx, std::slice::from_ref(current), OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         Ok(Some(session))
@@ -355,6 +430,15 @@ impl SessionStore for PostgresStore {
     ) -> Result<Vec<TokenHash>, StoreError> {
         const OP: &str = "revoke a user's sessions";
         let mut tx = self.begin(OP).await?;
+        lock_user(&mut tx, user_id, OP).await?;
+        sqlx::query(
+            "INSERT INTO session_user_fences (user_id, epoch) VALUES ($1, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET epoch = session_user_fences.epoch + 1",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
              WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
@@ -374,22 +458,9 @@ impl SessionStore for PostgresStore {
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
-        if touches.is_empty() {
-            return Ok(());
-        }
-        let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE sessions AS s SET last_active_at = t.at \
-             FROM (SELECT id, max(at) AS at FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
-                   GROUP BY id) AS t \
-             WHERE s.id = t.id AND s.revoked_at IS NULL AND s.last_active_at < t.at",
-        )
-        .bind(ids)
-        .bind(times)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| StoreError::new("record session activity", e))?;
-        Ok(())
+        touch_with(&self.pool, touches)
+            .await
+            .map_err(|e| StoreError::new("record session activity", e))
     }
 
     async fn cleanup(

@@ -13,7 +13,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{FoundSession, Liveness, SessionStore, TokenMatch};
+use super::{Fence, FoundSession, Inserted, Liveness, SessionInsert, SessionStore, TokenMatch};
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
@@ -80,7 +80,8 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Creates or upgrades the `sessions` table. Its bookkeeping lives in
+    /// Creates or upgrades the `sessions`, `session_retired_tokens` and `session_user_fences`
+    /// tables. Its bookkeeping lives in
     /// `_session_layer_migrations`, apart from the application's own sqlx migrations.
     ///
     /// # Errors
@@ -163,15 +164,20 @@ fn hashes_from_rows(
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError> {
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
         const OP: &str = "insert a session";
+        let session = insert.session;
+        // `BEGIN IMMEDIATE` serialises this transaction with every other writer, `revoke_all`
+        // included, so the fence read below cannot go stale before the commit.
         let mut tx = self.begin(OP).await?;
+        if let Some(fence) = insert.fence
+            && read_fence(&mut *tx, session.user_id)
+                .await
+                .map_err(|e| StoreError::new(OP, e))?
+                != fence
+        {
+            return Ok(Inserted::Fenced);
+        }
         sqlx::query(
             "INSERT INTO sessions (id, user_id, token_hash, device, device_type, device_name, \
              user_agent, ip_address, created_at, last_active_at, expires_at) \
@@ -179,7 +185,7 @@ impl SessionStore for SqliteStore {
         )
         .bind(session.id)
         .bind(session.user_id)
-        .bind(token_hash.as_bytes().as_slice())
+        .bind(insert.token_hash.as_bytes().as_slice())
         .bind(&session.device)
         .bind(session.device_type.as_str())
         .bind(&session.device_name)
@@ -191,32 +197,48 @@ impl SessionStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::new(OP, e))?;
-        let evicted = match max_active {
-            None => Vec::new(),
-            Some(max) => {
-                let rows = sqlx::query(
-                    "UPDATE sessions SET revoked_at = MAX(?3, created_at), \
-                       revoked_reason = 'session_limit' \
-                     WHERE id IN (SELECT id FROM sessions \
-                         WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL \
-                           AND expires_at > ?3 AND last_active_at > ?4 \
-                         ORDER BY last_active_at DESC, created_at DESC, id DESC \
-                         LIMIT -1 OFFSET ?5) \
-                     RETURNING token_hash",
-                )
-                .bind(session.user_id)
-                .bind(session.id)
-                .bind(micros(live.now))
-                .bind(micros(live.idle_cutoff))
-                .bind(i64::from(max.saturating_sub(1)))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| StoreError::new(OP, e))?;
-                hashes_from_rows(&rows, OP)?
-            }
+        let Some(max) = insert.max_active else {
+            tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+            return Ok(Inserted::Created {
+                evicted: Vec::new(),
+            });
         };
+        touch_in(&mut tx, insert.recent_activity)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
+        let live = insert.live;
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = MAX(?3, created_at), \
+               revoked_reason = 'session_limit' \
+             WHERE id IN (SELECT id FROM sessions \
+                 WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL \
+                   AND expires_at > ?3 AND last_active_at > ?4 \
+                 ORDER BY last_active_at DESC, created_at DESC, id DESC \
+                 LIMIT -1 OFFSET ?5) \
+             RETURNING token_hash",
+        )
+        .bind(session.user_id)
+        .bind(session.id)
+        .bind(micros(live.now))
+        .bind(micros(live.idle_cutoff))
+        .bind(i64::from(max.saturating_sub(1)))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let evicted = hashes_from_rows(&rows, OP)?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
-        Ok(evicted)
+        Ok(Inserted::Created { evicted })
+    }
+
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::new("read a user's fence", e))?;
+        read_fence(&mut *conn, user_id)
+            .await
+            .map_err(|e| StoreError::new("read a user's fence", e))
     }
 
     async fn find_by_token(
@@ -224,7 +246,7 @@ impl SessionStore for SqliteStore {
         token_hash: &TokenHash,
     ) -> Result<Option<FoundSession>, StoreError> {
         const OP: &str = "look up a session";
-        // A hash is random and 256 bits long, so at most one row matches either column; each
+        // A hash is random and 256 bits long, so at most one row matches either branch; each
         // branch is one plain index probe.
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -233,7 +255,8 @@ impl SessionStore for SqliteStore {
              UNION ALL \
              SELECT ",
             columns!(),
-            ", FALSE FROM sessions WHERE previous_token_hash = ?1 \
+            ", FALSE FROM session_retired_tokens r JOIN sessions s ON s.id = r.session_id \
+             WHERE r.token_hash = ?1 \
              LIMIT 1"
         ))
         .bind(token_hash.as_bytes().as_slice())
@@ -249,7 +272,7 @@ impl SessionStore for SqliteStore {
             matched: if is_current {
                 TokenMatch::Current
             } else {
-                TokenMatch::Previous
+                TokenMatch::Retired
             },
         }))
     }
@@ -263,10 +286,9 @@ impl SessionStore for SqliteStore {
         live: Liveness,
     ) -> Result<Option<Session>, StoreError> {
         const OP: &str = "rotate a session token";
-        // One statement: SQLite serialises writers, so the `token_hash = ?3` check and the
-        // update cannot interleave with another rotation.
+        let mut tx = self.begin(OP).await?;
         let row = sqlx::query(concat!(
-            "UPDATE sessions SET previous_token_hash = token_hash, token_hash = ?4 \
+            "UPDATE sessions SET token_hash = ?4 \
              WHERE id = ?1 AND user_id = ?2 AND token_hash = ?3 AND revoked_at IS NULL \
                AND expires_at > ?5 AND last_active_at > ?6 \
              RETURNING ",
@@ -278,13 +300,23 @@ impl SessionStore for SqliteStore {
         .bind(new.as_bytes().as_slice())
         .bind(micros(live.now))
         .bind(micros(live.idle_cutoff))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| StoreError::new(OP, e))?;
-        row.as_ref()
-            .map(session_from_row)
-            .transpose()
-            .map_err(|e| StoreError::new(OP, e))
+        let Some(row) = row else { return Ok(None) };
+        let session = session_from_row(&row).map_err(|e| StoreError::new(OP, e))?;
+        sqlx::query(
+            "INSERT INTO session_retired_tokens (token_hash, session_id, retired_at) \
+             VALUES (?1, ?2, ?3)",
+        )
+        .bind(current.as_bytes().as_slice())
+        .bind(session_id)
+        .bind(micros(live.now))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(Some(session))
     }
 
     async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
@@ -339,6 +371,15 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Vec<TokenHash>, StoreError> {
         const OP: &str = "revoke a user's sessions";
+        let mut tx = self.begin(OP).await?;
+        sqlx::query(
+            "INSERT INTO session_user_fences (user_id, epoch) VALUES (?1, 1) \
+             ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = MAX(?3, created_at), revoked_reason = ?4 \
              WHERE user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2 \
@@ -348,10 +389,12 @@ impl SessionStore for SqliteStore {
         .bind(except)
         .bind(micros(now))
         .bind(reason.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| StoreError::new(OP, e))?;
-        hashes_from_rows(&rows, OP)
+        let hashes = hashes_from_rows(&rows, OP)?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(hashes)
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -360,17 +403,9 @@ impl SessionStore for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin(OP).await?;
-        for (id, at) in touches {
-            sqlx::query(
-                "UPDATE sessions SET last_active_at = ?2 \
-                 WHERE id = ?1 AND revoked_at IS NULL AND last_active_at < ?2",
-            )
-            .bind(id)
-            .bind(micros(*at))
-            .execute(&mut *tx)
+        touch_in(&mut tx, touches)
             .await
             .map_err(|e| StoreError::new(OP, e))?;
-        }
         tx.commit().await.map_err(|e| StoreError::new(OP, e))
     }
 
@@ -379,12 +414,58 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
         revoked_before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        const OP: &str = "delete expired sessions";
+        let mut tx = self.begin(OP).await?;
+        // Explicit rather than through the foreign key, which a pool opened without
+        // `foreign_keys` would not enforce.
+        sqlx::query(
+            "DELETE FROM session_retired_tokens WHERE session_id IN \
+             (SELECT id FROM sessions WHERE expires_at < ?1 OR revoked_at < ?2)",
+        )
+        .bind(micros(now))
+        .bind(micros(revoked_before))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         let result = sqlx::query("DELETE FROM sessions WHERE expires_at < ?1 OR revoked_at < ?2")
             .bind(micros(now))
             .bind(micros(revoked_before))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| StoreError::new("delete expired sessions", e))?;
+            .map_err(|e| StoreError::new(OP, e))?;
+        tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         Ok(result.rows_affected())
     }
+}
+
+/// Moves `last_active_at` forward (never back) for live sessions.
+async fn touch_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    touches: &[(Uuid, OffsetDateTime)],
+) -> Result<(), sqlx::Error> {
+    for (id, at) in touches {
+        sqlx::query(
+            "UPDATE sessions SET last_active_at = ?2 \
+             WHERE id = ?1 AND revoked_at IS NULL AND last_active_at < ?2",
+        )
+        .bind(id)
+        .bind(micros(*at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn read_fence(
+    conn: &mut sqlx::SqliteConnection,
+    user_id: Uuid,
+) -> Result<Fence, sqlx::Error> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM session_user_fences WHERE user_id = ?1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(Fence::new(
+        epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
+    ))
 }

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_layer::store::{FoundSession, Invalidation, Liveness};
+use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
 use session_layer::{
-    MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore, StoreError,
-    TokenHash,
+    Fence, MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore,
+    StoreError, TokenHash,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
@@ -97,17 +97,14 @@ impl ProbeStore {
 
 #[async_trait]
 impl SessionStore for ProbeStore {
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError> {
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
         self.check("insert")?;
-        self.inner
-            .insert(session, token_hash, max_active, live)
-            .await
+        self.inner.insert(insert).await
+    }
+
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+        self.check("fence")?;
+        self.inner.fence(user_id).await
     }
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {

@@ -1,0 +1,58 @@
+//! A per-thread, direct-mapped front of a few slots that answers repeated tokens without
+//! touching moka. A slot is trusted only while no removal has happened in its cache since it was
+//! filled (the cache's removal generation) and while its entry is fresh.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use super::entry::SessionEntry;
+use crate::token::TokenHash;
+
+const SLOTS: usize = 8;
+
+struct Slot {
+    cache_id: u64,
+    generation: u64,
+    entry: Arc<SessionEntry>,
+}
+
+thread_local! {
+    static RECENT_ENTRIES: RefCell<[Option<Slot>; SLOTS]> =
+        const { RefCell::new([const { None }; SLOTS]) };
+}
+
+fn slot_of(hash: &TokenHash) -> usize {
+    usize::from(hash.as_bytes()[0]) % SLOTS
+}
+
+/// The entry this thread last saw for `hash` in cache `cache_id`, if nothing was removed from
+/// that cache since (`generation`) and `fresh` accepts it.
+pub(super) fn get(
+    cache_id: u64,
+    generation: u64,
+    hash: &TokenHash,
+    fresh: impl Fn(&SessionEntry) -> bool,
+) -> Option<Arc<SessionEntry>> {
+    RECENT_ENTRIES.with_borrow(|slots| match &slots[slot_of(hash)] {
+        Some(slot)
+            if slot.cache_id == cache_id
+                && slot.generation == generation
+                && slot.entry.token_hash == *hash
+                && fresh(&slot.entry) =>
+        {
+            Some(Arc::clone(&slot.entry))
+        }
+        _ => None,
+    })
+}
+
+/// Remembers `entry`, read from cache `cache_id` at removal generation `generation`.
+pub(super) fn put(cache_id: u64, generation: u64, entry: &Arc<SessionEntry>) {
+    RECENT_ENTRIES.with_borrow_mut(|slots| {
+        slots[slot_of(&entry.token_hash)] = Some(Slot {
+            cache_id,
+            generation,
+            entry: Arc::clone(entry),
+        });
+    });
+}
