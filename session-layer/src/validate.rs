@@ -140,7 +140,7 @@ impl Validator {
             }
             // Lookups of one token queue one behind the other: share the failure of the one
             // ahead instead of each waiting out its own.
-            Some(Miss::Failed { at_us }) if at_us >= started => {
+            Some(Miss::Failed { at_us }) if at_us > started => {
                 return Fetched::Rejected(Checked::Failed(StoreError::new(
                     "look up a session",
                     "a lookup of the same token queued ahead of this one just failed",

@@ -1,5 +1,6 @@
 //! Security-sensitive races: revoke-then-use, the in-flight load, rotation and reuse, stampede.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -270,34 +271,6 @@ async fn requests_queued_behind_a_failed_lookup_share_its_failure() {
     assert_eq!(probe.lookups(), 1);
     probe.fail(false);
     assert!(manager.validate(&token).await.unwrap().is_some());
-}
-
-/// Runs a scenario against every store.
-macro_rules! on_every_store {
-    ($($scenario:ident),* $(,)?) => {
-        mod every_store {
-            $(
-                mod $scenario {
-                    use super::super::*;
-
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn memory() {
-                        $scenario(common::memory()).await;
-                    }
-
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn sqlite() {
-                        $scenario(common::sqlite().await).await;
-                    }
-
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn postgres() {
-                        $scenario(common::postgres().await).await;
-                    }
-                }
-            )*
-        }
-    };
 }
 
 on_every_store!(

@@ -45,7 +45,8 @@ pub(crate) enum Miss {
     /// No session has this token, or its session is revoked or expired: final states, and a
     /// token that is issued later is removed from this memory when it is issued.
     Useless,
-    /// A store lookup for this token failed at this monotonic time.
+    /// A store lookup for this token failed at this monotonic time; lookups that started
+    /// before it share the failure.
     Failed { at_us: i64 },
 }
 

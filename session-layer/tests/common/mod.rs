@@ -1,7 +1,7 @@
 //! Shared test tooling: stores for every backend, and a store wrapper that counts, pauses and
 //! fails lookups.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,8 +51,11 @@ pub struct ProbeStore {
     pub lookups: AtomicUsize,
     pub failing: AtomicBool,
     paused: AtomicBool,
+    holding_commits: AtomicBool,
     /// Signalled when a lookup has read the store and is waiting at the gate.
     pub lookup_waiting: Notify,
+    /// Signalled when a revocation has committed in the store and is waiting at the gate.
+    pub commit_waiting: Notify,
     gate: Notify,
 }
 
@@ -63,7 +66,9 @@ impl ProbeStore {
             lookups: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            holding_commits: AtomicBool::new(false),
             lookup_waiting: Notify::new(),
+            commit_waiting: Notify::new(),
             gate: Notify::new(),
         })
     }
@@ -77,9 +82,24 @@ impl ProbeStore {
         self.paused.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, revocations commit in the store and then wait until
+    /// [`release`](Self::release) before they return to the manager.
+    pub fn hold_after_commit(&self) {
+        self.holding_commits.store(true, Ordering::SeqCst);
+    }
+
     pub fn release(&self) {
         self.paused.store(false, Ordering::SeqCst);
+        self.holding_commits.store(false, Ordering::SeqCst);
         self.gate.notify_waiters();
+    }
+
+    async fn after_commit(&self) {
+        if self.holding_commits.load(Ordering::SeqCst) {
+            let released = self.gate.notified();
+            self.commit_waiting.notify_one();
+            released.await;
+        }
     }
 
     pub fn fail(&self, failing: bool) {
@@ -146,7 +166,9 @@ impl SessionStore for ProbeStore {
         now: OffsetDateTime,
     ) -> Result<Option<TokenHash>, StoreError> {
         self.check("revoke")?;
-        self.inner.revoke(user_id, session_id, reason, now).await
+        let revoked = self.inner.revoke(user_id, session_id, reason, now).await;
+        self.after_commit().await;
+        revoked
     }
 
     async fn revoke_all(
@@ -157,7 +179,9 @@ impl SessionStore for ProbeStore {
         now: OffsetDateTime,
     ) -> Result<Vec<TokenHash>, StoreError> {
         self.check("revoke all")?;
-        self.inner.revoke_all(user_id, except, reason, now).await
+        let revoked = self.inner.revoke_all(user_id, except, reason, now).await;
+        self.after_commit().await;
+        revoked
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
@@ -191,4 +215,33 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
+/// module per scenario with one test per store.
+macro_rules! on_every_store {
+    ($($scenario:ident),* $(,)?) => {
+        mod every_store {
+            $(
+                mod $scenario {
+                    use super::super::*;
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn memory() {
+                        $scenario(common::memory()).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn sqlite() {
+                        $scenario(common::sqlite().await).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn postgres() {
+                        $scenario(common::postgres().await).await;
+                    }
+                }
+            )*
+        }
+    };
 }
