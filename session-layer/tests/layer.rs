@@ -11,7 +11,7 @@ use axum::routing::get;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use session_layer::{
-    CookieConfig, CurrentSession, NewSession, RevocationReason, SessionConfig, SessionLayer,
+    Clock, CookieConfig, CurrentSession, NewSession, RevocationReason, SessionConfig, SessionLayer,
     SessionManager, SessionToken,
 };
 use tower::ServiceExt;
@@ -207,11 +207,14 @@ async fn revoked_session_is_refused_on_next_request_even_when_cached() {
     );
 }
 
-#[tokio::test]
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
 async fn expired_session_is_refused_even_when_cached() {
     let config = config()
-        .ttl(Duration::from_millis(400))
-        .idle_timeout(Duration::from_millis(400))
+        .ttl(40 * MINUTE)
+        .cache_ttl(60 * MINUTE)
+        .clock(Clock::tokio())
         .build()
         .unwrap();
     let manager = SessionManager::new(session_layer::MemoryStore::new(), config).unwrap();
@@ -224,32 +227,32 @@ async fn expired_session_is_refused_even_when_cached() {
             send(&app, "/me", &[("authorization", &auth)]).await.status,
             StatusCode::OK
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(10 * MINUTE).await;
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(15 * MINUTE).await;
     assert_unauthenticated(&send(&app, "/me", &[("authorization", &auth)]).await, true);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_session_is_refused_but_use_keeps_it_alive() {
     let config = config()
-        .idle_timeout(Duration::from_millis(500))
-        .touch_flush_interval(Duration::from_millis(20))
+        .idle_timeout(10 * MINUTE)
+        .clock(Clock::tokio())
         .build()
         .unwrap();
     let manager = SessionManager::new(session_layer::MemoryStore::new(), config).unwrap();
     let app = app(&manager);
     let (token, _) = sign_in(&manager, Uuid::now_v7()).await;
     let auth = cookie(&token);
-    // Used every 200 ms for over a second: longer than the idle timeout in total.
+    // Used every 4 minutes for 24: longer than the idle timeout in total.
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(4 * MINUTE).await;
         assert_eq!(
             send(&app, "/me", &[("cookie", &auth)]).await.status,
             StatusCode::OK
         );
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(11 * MINUTE).await;
     assert_unauthenticated(&send(&app, "/me", &[("cookie", &auth)]).await, false);
 }
 
@@ -297,11 +300,12 @@ async fn secure_cookie_name_is_read_when_configured() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn last_active_moves_once_per_touch_interval_and_never_on_rejected_requests() {
     let probe = common::ProbeStore::new(common::memory());
     let config = config()
-        .touch_interval(Duration::from_millis(300))
+        .clock(Clock::tokio())
+        .touch_interval(5 * MINUTE)
         .touch_flush_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
@@ -318,7 +322,7 @@ async fn last_active_moves_once_per_touch_interval_and_never_on_rejected_request
     manager.shutdown().await;
     assert_eq!(manager.list(user).await.unwrap()[0].last_active_at, created);
 
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(6 * MINUTE).await;
     send(&app, "/me", &[("cookie", &cookie(&token))]).await;
     let before_flush = manager.list(user).await.unwrap()[0].last_active_at;
     assert_eq!(
@@ -330,7 +334,7 @@ async fn last_active_moves_once_per_touch_interval_and_never_on_rejected_request
     assert!(touched > created);
 
     // A rejected request (wrong token) moves nothing.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(6 * MINUTE).await;
     let other = SessionToken::generate().unwrap().expose();
     send(&app, "/me", &[("cookie", &cookie(&other))]).await;
     manager.shutdown().await;
