@@ -37,9 +37,12 @@
 //!     .layer(SessionLayer::new(sessions.clone()))
 //!     .with_state(sessions.clone());
 //!
-//! // At sign-in, after checking the password: issue a token and hand it to the client.
+//! // At sign-in: read the user's fence, check the password, then issue a token. The fence makes
+//! // the sign-in fail if a password change revoked the user's sessions in between.
 //! let user_id = uuid::Uuid::now_v7();
-//! let (token, session) = sessions.create(NewSession::new(user_id)).await?;
+//! let fence = sessions.fence(user_id).await?;
+//! // ... verify the password here ...
+//! let (token, session) = sessions.create(NewSession::new(user_id).fence(fence)).await?;
 //! let cookie = sessions.config().cookie().session_cookie(&token, session.expires_at);
 //!
 //! // The client sends it back; the layer resolves it to the session.
@@ -71,7 +74,21 @@
 //! - A cache hit touches no database, allocates no token string, and takes no lock shared by
 //!   all requests. Concurrent misses for one token make one store query.
 //! - A revocation removes the token from this instance's cache before the call returns, and a
-//!   lookup that was in flight cannot put it back. With PostgreSQL, other instances drop it
+//!   lookup that was in flight cannot put it back. Every call that changes sessions runs on a
+//!   task of its own, so a caller that goes away half-way (a dropped request) cannot leave a
+//!   committed revocation out of the cache.
+//! - Any token that a session has rotated out, presented again on any route, revokes the
+//!   session ([`RevocationReason::TokenReuse`]) for as long as its row exists.
+//! - [`SessionManager::revoke_all`] and [`SessionManager::revoke_others`] advance the user's
+//!   [`Fence`]; a sign-in that read the fence before it checked the password creates no session
+//!   once the fence has moved ([`Error::Fenced`]).
+//! - Idle expiry and session-limit eviction judge on the most recent use known, in memory or
+//!   written. Wall time is used only for what is stored and compared with stored rows; in-process
+//!   bookkeeping runs on a monotonic clock, so a step of the system clock blocks nothing. The
+//!   [`Clock`] is a seam for tests (`tokio::time::pause()`, or a manual clock).
+//! - Tokens that yielded no session (unknown, revoked, expired) are remembered apart from the
+//!   sessions, briefly, so repeating them costs no store query and a flood of them evicts no
+//!   session. With PostgreSQL, other instances drop it
 //!   when the notification arrives; while their notification connection is down they bypass
 //!   the cache, and they empty it when it is back.
 //! - `last_active_at` is written at most once per `touch_interval` per session, in batches, off

@@ -223,7 +223,7 @@ impl SessionStore for PostgresStore {
         // snapshot, so it sees whatever committed before the lock was granted.
         lock_user(&mut tx, session.user_id, OP).await?;
         if let Some(fence) = insert.fence
-            && read_fence(&mut *tx, session.user_id)
+            && read_fence(&mut tx, session.user_id)
                 .await
                 .map_err(|e| StoreError::new(OP, e))?
                 != fence
@@ -287,7 +287,7 @@ impl SessionStore for PostgresStore {
             .acquire()
             .await
             .map_err(|e| StoreError::new("read a user's fence", e))?;
-        read_fence(&mut *conn, user_id)
+        read_fence(&mut conn, user_id)
             .await
             .map_err(|e| StoreError::new("read a user's fence", e))
     }

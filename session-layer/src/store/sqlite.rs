@@ -171,7 +171,7 @@ impl SessionStore for SqliteStore {
         // included, so the fence read below cannot go stale before the commit.
         let mut tx = self.begin(OP).await?;
         if let Some(fence) = insert.fence
-            && read_fence(&mut *tx, session.user_id)
+            && read_fence(&mut tx, session.user_id)
                 .await
                 .map_err(|e| StoreError::new(OP, e))?
                 != fence
@@ -236,7 +236,7 @@ impl SessionStore for SqliteStore {
             .acquire()
             .await
             .map_err(|e| StoreError::new("read a user's fence", e))?;
-        read_fence(&mut *conn, user_id)
+        read_fence(&mut conn, user_id)
             .await
             .map_err(|e| StoreError::new("read a user's fence", e))
     }
