@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
-use session_layer::store::{FoundSession, Liveness};
+use session_layer::store::{FoundSession, Inserted, Liveness, SessionInsert};
 use session_layer::{
-    CurrentSession, NewSession, PostgresStore, RevocationReason, Session, SessionConfig,
+    CurrentSession, Fence, NewSession, PostgresStore, RevocationReason, Session, SessionConfig,
     SessionLayer, SessionManager, SessionStore, StoreError, TokenHash, metrics as names,
 };
 use time::OffsetDateTime;
@@ -27,16 +27,12 @@ struct CountingStore {
 
 #[async_trait]
 impl SessionStore for CountingStore {
-    async fn insert(
-        &self,
-        session: &Session,
-        token_hash: &TokenHash,
-        max_active: Option<u32>,
-        live: Liveness,
-    ) -> Result<Vec<TokenHash>, StoreError> {
-        self.inner
-            .insert(session, token_hash, max_active, live)
-            .await
+    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
+        self.inner.insert(insert).await
+    }
+
+    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+        self.inner.fence(user_id).await
     }
 
     async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {

@@ -23,12 +23,6 @@ pub(crate) enum Db {
     Sqlite(SqlitePool),
 }
 
-/// A user as the login needs it.
-pub(crate) struct UserRow {
-    pub(crate) id: Uuid,
-    pub(crate) password_hash: String,
-}
-
 impl Db {
     /// Runs the app's migrations (table `_sqlx_migrations`, apart from the library's).
     pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -71,29 +65,42 @@ impl Db {
         inserted.map_err(|e| ApiError::database(&e))
     }
 
-    /// The user with this (normalised) email.
-    pub(crate) async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, ApiError> {
+    /// The id of the user with this (normalised) email.
+    pub(crate) async fn user_id_by_email(&self, email: &str) -> Result<Option<Uuid>, ApiError> {
         let row = match self {
             Self::Postgres(pool) => {
-                sqlx::query_as::<_, (Uuid, String)>(
-                    "SELECT id, password_hash FROM users WHERE email = $1",
-                )
-                .bind(email)
-                .fetch_optional(pool)
-                .await
+                sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE email = $1")
+                    .bind(email)
+                    .fetch_optional(pool)
+                    .await
             }
             Self::Sqlite(pool) => {
-                sqlx::query_as::<_, (Uuid, String)>(
-                    "SELECT id, password_hash FROM users WHERE email = ?1",
-                )
-                .bind(email)
-                .fetch_optional(pool)
-                .await
+                sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE email = ?1")
+                    .bind(email)
+                    .fetch_optional(pool)
+                    .await
             }
         };
-        Ok(row
-            .map_err(|e| ApiError::database(&e))?
-            .map(|(id, password_hash)| UserRow { id, password_hash }))
+        row.map_err(|e| ApiError::database(&e))
+    }
+
+    /// The password hash of a user.
+    pub(crate) async fn password_hash(&self, id: Uuid) -> Result<Option<String>, ApiError> {
+        let row = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+        };
+        row.map_err(|e| ApiError::database(&e))
     }
 
     /// Email and password hash of a user.
@@ -204,58 +211,88 @@ impl Db {
         row.map_err(|e| ApiError::database(&e))
     }
 
-    /// Uses up a reset token, and every other open token of its user; `None` when it was not
-    /// (or no longer) usable. One statement, so two concurrent confirmations cannot both win.
-    pub(crate) async fn consume_reset_token(
+    /// Uses up a reset token and every other open token of its user, and sets the user's
+    /// password, in one transaction: both happen or neither does. `None` when the token was not
+    /// (or no longer) usable; then nothing changed. The token's row is claimed by its `UPDATE`,
+    /// so of two concurrent confirmations exactly one wins.
+    pub(crate) async fn reset_password(
         &self,
-        hash: &TokenHash,
+        token: &TokenHash,
+        password_hash: &str,
     ) -> Result<Option<Uuid>, ApiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let user = match self {
+        let token = token.to_hex();
+        let done = match self {
             Self::Postgres(pool) => {
-                sqlx::query_scalar::<_, Uuid>(
-                    "UPDATE password_reset_tokens SET used_at = $2 \
-                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING user_id",
-                )
-                .bind(hash.to_hex())
-                .bind(now)
-                .fetch_optional(pool)
+                async {
+                    let mut tx = pool.begin().await?;
+                    let user = sqlx::query_scalar::<_, Uuid>(
+                        "UPDATE password_reset_tokens SET used_at = $2 \
+                         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                         RETURNING user_id",
+                    )
+                    .bind(&token)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(user_id) = user else {
+                        return Ok(None);
+                    };
+                    sqlx::query(
+                        "UPDATE password_reset_tokens SET used_at = $2 \
+                         WHERE user_id = $1 AND used_at IS NULL",
+                    )
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                        .bind(user_id)
+                        .bind(password_hash)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Some(user_id))
+                }
                 .await
             }
             Self::Sqlite(pool) => {
-                sqlx::query_scalar::<_, Uuid>(
-                    "UPDATE password_reset_tokens SET used_at = ?2 \
-                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 RETURNING user_id",
-                )
-                .bind(hash.to_hex())
-                .bind(now)
-                .fetch_optional(pool)
+                async {
+                    // `BEGIN IMMEDIATE` takes the write lock up front, so this transaction
+                    // cannot fail to upgrade from reader to writer and deadlock another writer.
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let user = sqlx::query_scalar::<_, Uuid>(
+                        "UPDATE password_reset_tokens SET used_at = ?2 \
+                         WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                         RETURNING user_id",
+                    )
+                    .bind(&token)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(user_id) = user else {
+                        return Ok(None);
+                    };
+                    sqlx::query(
+                        "UPDATE password_reset_tokens SET used_at = ?2 \
+                         WHERE user_id = ?1 AND used_at IS NULL",
+                    )
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE users SET password_hash = ?2 WHERE id = ?1")
+                        .bind(user_id)
+                        .bind(password_hash)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Some(user_id))
+                }
                 .await
             }
-        }
-        .map_err(|e| ApiError::database(&e))?;
-        if let Some(user_id) = user {
-            let done = match self {
-                Self::Postgres(pool) => sqlx::query(
-                    "UPDATE password_reset_tokens SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL",
-                )
-                .bind(user_id)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(drop),
-                Self::Sqlite(pool) => sqlx::query(
-                    "UPDATE password_reset_tokens SET used_at = ?2 WHERE user_id = ?1 AND used_at IS NULL",
-                )
-                .bind(user_id)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(drop),
-            };
-            done.map_err(|e| ApiError::database(&e))?;
-        }
-        Ok(user)
+        };
+        done.map_err(|e: sqlx::Error| ApiError::database(&e))
     }
 }
 

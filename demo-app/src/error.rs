@@ -86,10 +86,18 @@ impl ApiError {
 
 impl From<session_layer::Error> for ApiError {
     fn from(error: session_layer::Error) -> Self {
+        // Every variant is named, so a new one must be mapped here on purpose.
         match error {
             session_layer::Error::SessionNotFound => Self::SessionNotFound,
-            other => {
-                tracing::error!(error = %other, "session call failed");
+            // A password change or reset revoked the user's sessions while the sign-in was
+            // checking the password: the one it proved may be the old one.
+            session_layer::Error::Fenced => Self::InvalidCredentials,
+            session_layer::Error::Store(_)
+            | session_layer::Error::Interrupted
+            | session_layer::Error::RotationConflict
+            | session_layer::Error::Token(_)
+            | session_layer::Error::NoRuntime => {
+                tracing::error!(%error, "session call failed");
                 Self::Unavailable
             }
         }

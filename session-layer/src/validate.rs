@@ -162,10 +162,11 @@ impl Validator {
             }
         };
         let session = found.session;
-        if found.matched == TokenMatch::Retired {
+        let dead = session.revoked_at.is_some() || now >= to_us(session.expires_at);
+        if found.matched == TokenMatch::Retired && !dead {
             return Fetched::Rejected(Checked::Reused(session));
         }
-        if session.revoked_at.is_some() || now >= to_us(session.expires_at) {
+        if dead {
             self.cache.remember_miss(hash, Miss::Useless).await;
             return Fetched::Rejected(Checked::Invalid);
         }

@@ -47,6 +47,7 @@ route_tests!(
     logout_revokes_the_session_and_clears_the_cookie,
     refresh_rotates_the_token_and_reuse_of_the_old_one_revokes_the_session,
     password_change_revokes_other_sessions_and_keeps_this_one,
+    old_password_logins_racing_a_password_change_never_outlive_it,
     password_reset_revokes_every_session_and_its_token_is_single_use,
     login_past_the_session_limit_evicts_the_least_recently_active_session,
     session_is_refused_after_its_absolute_lifetime_even_when_in_use,
@@ -615,6 +616,78 @@ async fn password_change_revokes_other_sessions_and_keeps_this_one(backend: Back
         .await
         .expect_error(401, "invalid_credentials");
     other.login_cookie(&email, new_password).await;
+    app.stop().await;
+}
+
+/// Four clients keep signing in with the old password while the change runs: once the `204` is
+/// sent, none of the sessions they obtained may still be valid (the first version left 3-4).
+async fn old_password_logins_racing_a_password_change_never_outlive_it(backend: Backend) {
+    // No session-limit eviction: every session below is ended by the change or not at all.
+    let env = [
+        ("SESSION_CACHE_TTL_SECS", "300"),
+        ("MAX_SESSIONS_PER_USER", "1000"),
+    ];
+    let app = TestApp::start(backend, &env).await;
+    let email = unique_email("race");
+    let laptop = app.device(CHROME_WINDOWS);
+    laptop.register(&email, PASSWORD).await;
+    laptop.login_cookie(&email, PASSWORD).await;
+
+    let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let (device, email, changed) =
+                (app.device(FIREFOX_LINUX), email.clone(), changed.clone());
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                // Until the change has answered, then once more; bounded either way.
+                for _ in 0..40 {
+                    let done = changed.load(std::sync::atomic::Ordering::SeqCst);
+                    let reply = device
+                        .post(
+                            "/api/auth/login",
+                            json!({"email": email, "password": PASSWORD, "transport": "bearer"}),
+                        )
+                        .await;
+                    match reply.status.as_u16() {
+                        200 => tokens.push(reply.json["token"].as_str().unwrap().to_owned()),
+                        401 => assert_eq!(reply.error(), "invalid_credentials"),
+                        other => panic!("login answered {other}"),
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                (device, tokens)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    laptop
+        .post(
+            "/api/auth/password",
+            json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}),
+        )
+        .await
+        .expect(204);
+    changed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut obtained = 0;
+    for racer in racers {
+        let (device, tokens) = racer.await.unwrap();
+        for token in tokens {
+            obtained += 1;
+            device.set_bearer(Some(&token));
+            device
+                .get("/api/me")
+                .await
+                .expect_error(401, "unauthenticated");
+        }
+    }
+    assert!(
+        obtained > 0,
+        "no login ran before the change: the race was not exercised"
+    );
+    laptop.get("/api/me").await.expect(200);
     app.stop().await;
 }
 

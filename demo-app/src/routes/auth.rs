@@ -1,5 +1,7 @@
 //! `/api/auth/*` and `/api/me`: register, login, logout, refresh, password change and reset.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -9,6 +11,7 @@ use serde_json::json;
 use session_layer::{
     CurrentSession, NewSession, RevocationReason, SessionToken, TokenHash, Transport,
 };
+use uuid::Uuid;
 
 use super::{AppState, PeerIp, SessionView};
 use crate::accounts::{is_strong_enough, is_valid_email, normalize_email};
@@ -68,14 +71,20 @@ pub(crate) async fn login(
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
-    let user = state.db.user_by_email(&email).await?;
-    let (user_id, stored) = match user {
-        Some(user) => (Some(user.id), Some(user.password_hash)),
-        None => (None, None),
-    };
-    // An unknown email is verified against a dummy hash: same answer, same time.
+    let found = state.db.user_id_by_email(&email).await?;
+    // An unknown email takes the same steps against an id no user has, and is verified against
+    // a dummy hash: same answer, same time.
+    let probe = found.unwrap_or(Uuid::nil());
+    // The fence is read before the password hash: a password change or reset that commits after
+    // this read fences this sign-in out, so proving the old password cannot yield a session.
+    let fence = state.sessions.fence(probe).await?;
+    let stored = state
+        .db
+        .password_hash(probe)
+        .await?
+        .filter(|_| found.is_some());
     let verified = state.passwords.verify(body.password, stored).await;
-    let Some(user_id) = user_id.filter(|_| verified) else {
+    let Some(user_id) = found.filter(|_| verified) else {
         tracing::info!("login refused: invalid credentials");
         return Err(ApiError::InvalidCredentials);
     };
@@ -86,8 +95,18 @@ pub(crate) async fn login(
     let new = NewSession::new(user_id)
         .user_agent(user_agent)
         .ip_address(state.sessions.client_ip(&headers, peer))
-        .device_name(body.device_name.as_deref());
-    let (token, session) = state.sessions.create(new).await?;
+        .device_name(body.device_name.as_deref())
+        .fence(fence);
+    let (token, session) = match state.sessions.create(new).await {
+        Ok(created) => created,
+        // The password was changed or reset while this login checked it: the one it proved
+        // may be the old one.
+        Err(session_layer::Error::Fenced) => {
+            tracing::info!(%user_id, "login refused: password changed during sign-in");
+            return Err(ApiError::InvalidCredentials);
+        }
+        Err(other) => return Err(other.into()),
+    };
     tracing::info!(%user_id, session_id = %session.id, "signed in");
     Ok(issue(
         &state,
@@ -194,12 +213,20 @@ pub(crate) async fn change_password(
         return Err(ApiError::WeakPassword);
     }
     let hash = state.passwords.hash(body.new_password).await?;
-    state.db.set_password(current.user_id(), &hash).await?;
-    let revoked = state
-        .sessions
-        .revoke_others(&current, RevocationReason::PasswordChange)
+    let user_id = current.user_id();
+    let revoked = run_to_end(async move {
+        state.db.set_password(user_id, &hash).await?;
+        // Also advances the user's fence: a login that proved the old password is refused.
+        let revoked = revoke_after_password_change(user_id, || {
+            state
+                .sessions
+                .revoke_others(&current, RevocationReason::PasswordChange)
+        })
         .await?;
-    tracing::info!(user_id = %current.user_id(), revoked, "password changed");
+        Ok(revoked)
+    })
+    .await?;
+    tracing::info!(%user_id, revoked, "password changed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -214,8 +241,8 @@ pub(crate) async fn request_password_reset(
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
-    if let Some(user) = state.db.user_by_email(&email).await? {
-        let token = state.db.create_reset_token(user.id).await?;
+    if let Some(user_id) = state.db.user_id_by_email(&email).await? {
+        let token = state.db.create_reset_token(user_id).await?;
         // The demo has no mailer: this line stands in for the email (the contract's one
         // exception to "no secret in logs").
         tracing::info!("password reset token for {email}: {}", token.expose());
@@ -244,18 +271,69 @@ pub(crate) async fn confirm_password_reset(
         return Err(ApiError::WeakPassword);
     }
     let password_hash = state.passwords.hash(body.new_password).await?;
-    let user_id = state
-        .db
-        .consume_reset_token(&hash)
-        .await?
-        .ok_or(ApiError::InvalidResetToken)?;
-    state.db.set_password(user_id, &password_hash).await?;
-    let revoked = state
-        .sessions
-        .revoke_all(user_id, RevocationReason::PasswordReset)
+    let (user_id, revoked) = run_to_end(async move {
+        let user_id = state
+            .db
+            .reset_password(&hash, &password_hash)
+            .await?
+            .ok_or(ApiError::InvalidResetToken)?;
+        // Residual window: a crash between the commit above and this revocation leaves the new
+        // password set, the token used and the old sessions (and in-flight logins) alive.
+        let revoked = revoke_after_password_change(user_id, || {
+            state
+                .sessions
+                .revoke_all(user_id, RevocationReason::PasswordReset)
+        })
         .await?;
+        Ok((user_id, revoked))
+    })
+    .await?;
     tracing::info!(%user_id, revoked, "password reset");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Runs `work` on a task of its own and waits for it: a client that goes away drops this future,
+/// not the work, so a password change is never left half done.
+async fn run_to_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a password change's task ended before finishing");
+        Err(ApiError::Unavailable)
+    })
+}
+
+/// How many times the revocation that follows a committed password change is tried.
+const REVOCATION_TRIES: u32 = 3;
+
+/// Runs the revocation that must follow a committed password change, retrying a failure a few
+/// times (50 ms, then 100 ms apart): the password cannot be un-changed, so giving up at once
+/// would leave the old sessions alive.
+async fn revoke_after_password_change<F, Fut>(
+    user_id: Uuid,
+    mut revoke: F,
+) -> Result<u64, session_layer::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, session_layer::Error>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    let mut tries = 1;
+    loop {
+        match revoke().await {
+            Ok(revoked) => return Ok(revoked),
+            Err(error) if tries < REVOCATION_TRIES => {
+                tracing::warn!(%user_id, %error, tries, "revocation after a password change failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                tries += 1;
+            }
+            Err(error) => {
+                tracing::error!(%user_id, %error, "password changed but its revocation failed; sessions may survive");
+                return Err(error);
+            }
+        }
+    }
 }
 
 /// `GET /api/me` → `{"user_id", "email", "session_id"}`.
