@@ -151,9 +151,9 @@ impl SessionManager {
             config.cache_capacity,
             config.miss_cache_capacity,
             touches.clone(),
-            feed.is_none(),
+            feed.is_some(),
         ));
-        let stop_relay = feed.map(|feed| spawn_relay(&cache, feed));
+        let stop_relay = feed.map(|feed| spawn_relay(&cache, config.clock.clone(), feed));
         let counters = metrics::Counters::register();
         let validator = Validator::new(
             Arc::clone(&store),

@@ -21,6 +21,16 @@ pub const STORE_ERRORS: &str = "session_layer_store_errors_total";
 /// Rotated-out tokens presented again (each revokes its session).
 pub const TOKEN_REUSE: &str = "session_layer_token_reuse_total";
 
+/// Histogram of how long a revoking call waited, after its commit, for every other live
+/// instance to acknowledge the invalidation (PostgreSQL with leases), in seconds.
+pub const REVOCATION_PROPAGATION_SECONDS: &str = "session_layer_revocation_propagation_seconds";
+/// Acknowledgements received from other instances for this instance's revocations.
+pub const REVOCATION_ACKS: &str = "session_layer_revocation_acks_total";
+/// Revocations that waited out the lease because an instance did not acknowledge in time.
+pub const REVOCATION_ACK_TIMEOUTS: &str = "session_layer_revocation_ack_timeouts_total";
+/// Times this instance stopped trusting its cache because its invalidation lease lapsed.
+pub const CACHE_LEASE_LAPSES: &str = "session_layer_cache_lease_lapses_total";
+
 /// Counter handles registered once per manager, so a request does no registry lookup.
 #[derive(Clone)]
 pub(crate) struct Counters {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::activity::ActivityLog;
-use crate::cache::{Fetched, Judgement, Miss, SessionCache, SessionEntry};
+use crate::cache::{Fetched, Judgement, Loaded, Miss, SessionCache, SessionEntry};
 use crate::clock::{Clock, to_us};
 use crate::error::StoreError;
 use crate::metrics::Counters;
@@ -103,17 +103,23 @@ impl Validator {
         self.counters.cache_misses.increment(1);
         let started = self.clock.monotonic_us();
         let now = self.clock.wall_us();
-        let fetched = self
-            .cache
-            .get_or_load(
-                hash,
-                |cached| {
-                    self.cache.is_fresh(cached, started)
-                        && cached.judge(now, self.idle_us) == Judgement::Usable
-                },
-                || self.load(hash, now, started),
-            )
-            .await;
+        let fetched = if self.cache.holds(&hash) {
+            self.cache
+                .reload(
+                    hash,
+                    started,
+                    |cached| {
+                        self.cache.is_fresh(cached, started)
+                            && cached.judge(now, self.idle_us) == Judgement::Usable
+                    },
+                    || self.load(hash, now, started, None),
+                )
+                .await
+        } else {
+            self.cache
+                .load_uncached(hash, started, |miss| self.load(hash, now, started, miss))
+                .await
+        };
         match fetched {
             Fetched::Entry(entry) if entry.judge(now, self.idle_us) == Judgement::Usable => {
                 self.record_use(&entry, now);
@@ -130,18 +136,25 @@ impl Validator {
         }
     }
 
-    /// Reads the token's session from the store, unless the cache remembers that the token is
-    /// useless or that a lookup which finished after this request `started` failed.
-    async fn load(&self, hash: TokenHash, now: i64, started: i64) -> Fetched<Checked> {
-        match self.cache.miss(&hash).await {
+    /// Reads the token's session from the store, unless what the cache remembers of it (`miss`)
+    /// says that it is useless, or that a lookup which finished after this request `started`
+    /// failed.
+    async fn load(
+        &self,
+        hash: TokenHash,
+        now: i64,
+        started: i64,
+        miss: Option<Miss>,
+    ) -> Loaded<Checked> {
+        match miss {
             Some(Miss::Useless) => {
                 self.counters.miss_cache_hits.increment(1);
-                return Fetched::Rejected(Checked::Invalid);
+                return Loaded::Rejected(Checked::Invalid);
             }
             // Lookups of one token queue one behind the other: share the failure of the one
             // ahead instead of each waiting out its own.
             Some(Miss::Failed { at_us }) if at_us > started => {
-                return Fetched::Rejected(Checked::Failed(StoreError::new(
+                return Loaded::Rejected(Checked::Failed(StoreError::new(
                     "look up a session",
                     "a lookup of the same token queued ahead of this one just failed",
                 )));
@@ -151,24 +164,19 @@ impl Validator {
         self.counters.store_queries.increment(1);
         let found = match self.store.find_by_token(&hash).await {
             Ok(Some(found)) => found,
-            Ok(None) => {
-                self.cache.remember_miss(hash, Miss::Useless).await;
-                return Fetched::Rejected(Checked::Invalid);
-            }
+            Ok(None) => return Loaded::Remember(Miss::Useless, Checked::Invalid),
             Err(error) => {
                 let at_us = self.clock.monotonic_us();
-                self.cache.remember_miss(hash, Miss::Failed { at_us }).await;
-                return Fetched::Rejected(Checked::Failed(error));
+                return Loaded::Remember(Miss::Failed { at_us }, Checked::Failed(error));
             }
         };
         let session = found.session;
         let dead = session.revoked_at.is_some() || now >= to_us(session.expires_at);
         if found.matched == TokenMatch::Retired && !dead {
-            return Fetched::Rejected(Checked::Reused(session));
+            return Loaded::Rejected(Checked::Reused(session));
         }
         if dead {
-            self.cache.remember_miss(hash, Miss::Useless).await;
-            return Fetched::Rejected(Checked::Invalid);
+            return Loaded::Remember(Miss::Useless, Checked::Invalid);
         }
         let last_use = self
             .activity
@@ -181,8 +189,8 @@ impl Validator {
             .await;
         let entry = SessionEntry::new(session, hash, last_use, self.clock.monotonic_us());
         match entry.judge(now, self.idle_us) {
-            Judgement::Usable => Fetched::Entry(Arc::new(entry)),
-            Judgement::Expired | Judgement::Idle => Fetched::Rejected(Checked::Invalid),
+            Judgement::Usable => Loaded::Usable(Arc::new(entry)),
+            Judgement::Expired | Judgement::Idle => Loaded::Rejected(Checked::Invalid),
         }
     }
 }

@@ -253,7 +253,14 @@ async fn unknown_tokens_are_remembered_apart_from_sessions(store: Arc<dyn Sessio
         .await
         .unwrap();
     let real = real.expose();
-    assert!(valid(&manager, &real).await);
+    // A store shared by instances serves from memory once its invalidation feed holds a lease.
+    let cached = common::eventually(Duration::from_secs(10), async || {
+        assert!(valid(&manager, &real).await);
+        manager.sync_cache().await;
+        manager.cached_sessions() == 1
+    })
+    .await;
+    assert!(cached, "the real session never reached the cache");
 
     let unknown = SessionToken::generate().unwrap().expose();
     let before = probe.lookups();

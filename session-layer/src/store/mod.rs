@@ -115,17 +115,59 @@ pub struct Liveness {
     pub idle_cutoff: OffsetDateTime,
 }
 
-/// A change of sessions that another instance made, as a store with cross-instance notifications
-/// reports it (see [`SessionStore::subscribe`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a store with cross-instance notifications reports to the manager's cache (see
+/// [`SessionStore::subscribe`]).
+#[derive(Debug)]
 pub enum Invalidation {
-    /// These token hashes were revoked or rotated out.
-    Tokens(Vec<TokenHash>),
+    /// Another instance revoked or rotated out these token hashes. Complete `ack` once they are
+    /// gone from the cache: the revoking instance may be waiting for it.
+    Tokens {
+        /// The token hashes to drop.
+        hashes: Vec<TokenHash>,
+        /// Completed (or dropped) once the hashes are dropped.
+        ack: Ack,
+    },
+    /// The feed was provably live: everything committed early enough to matter has been
+    /// delivered, so the cache may serve hits until `until`, and must not after it unless a newer
+    /// lease arrives. Until a store sends its first lease, a cache fed by it is not trusted.
+    Lease {
+        /// End of the lease.
+        until: tokio::time::Instant,
+    },
     /// The notification connection is down: notifications may be lost until it is back, so the
     /// cache must not be trusted.
     FeedLost,
-    /// The notification connection is back and listening: empty the cache, then trust it again.
+    /// The notification connection is back and listening: empty the cache. It is trusted again
+    /// from the next lease on.
     FeedRestored,
+}
+
+/// The acknowledgement of an [`Invalidation::Tokens`]: [`done`](Self::done) once the hashes are
+/// out of the cache. Dropping it counts as done (the cache is gone).
+#[derive(Debug, Default)]
+pub struct Ack(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Ack {
+    /// An acknowledgement nobody waits for.
+    #[must_use]
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// An acknowledgement, and the receiver that resolves once it is done or dropped.
+    #[must_use]
+    pub fn channel() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        (Self(Some(done)), wait)
+    }
+
+    /// The hashes are out of the cache.
+    pub fn done(self) {
+        if let Some(done) = self.0 {
+            // The waiter may have given up (its lease bound passed): nothing to tell then.
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Stores session rows. Implemented by [`PostgresStore`], [`SqliteStore`] and [`MemoryStore`].

@@ -1,27 +1,25 @@
 //! PostgreSQL store, with `LISTEN/NOTIFY` so that every instance sharing the database drops a
-//! revoked session from its cache.
+//! revoked session from its cache before the revoking call returns (see [`feed`]).
 
+mod feed;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use self::feed::{Feed, FeedOptions};
 use super::{
     Fence, FoundSession, Inserted, Invalidation, Liveness, SessionInsert, SessionStore, TokenMatch,
 };
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
-
-/// Notification channel on which revoked and rotated-out token hashes are published.
-pub(crate) const NOTIFY_CHANNEL: &str = "session_layer_invalidate";
-
-/// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
-const HASHES_PER_NOTIFICATION: usize = 100;
 
 /// The session columns, as a macro so that every statement is one `&'static str` (`concat!`).
 macro_rules! columns {
@@ -31,7 +29,27 @@ macro_rules! columns {
     };
 }
 
-/// Sessions in PostgreSQL (15 or later).
+/// Sessions in PostgreSQL (15 or later), shared by any number of instances.
+///
+/// # Strict revocation across instances
+///
+/// Every instance listens on one notification channel. An instance serves cached sessions only
+/// while it holds a *lease*: it heard its own heartbeat, published through the database every
+/// quarter lease, within the last lease (default 1 s, [`with_lease`](Self::with_lease)). A
+/// revoking call returns once every other live instance has acknowledged dropping the token, or,
+/// for one that has not answered, once its lease must have lapsed: about one round trip when all
+/// are healthy, never more than one lease. So a revoked token is refused by every instance from
+/// the moment the call returns, without a database round trip per request.
+///
+/// The trade-off of the lease: a shorter one bounds how long a revocation can wait for a stuck
+/// instance, and costs more heartbeats (each instance sends four per lease; each is one small
+/// `NOTIFY` that every instance receives). An instance that cannot hear the channel for a lease
+/// serves every request from the database until it can.
+///
+/// `LISTEN` needs a session-mode connection. Behind a pooler in transaction mode (PgBouncer's
+/// default), give the listener a direct URL with [`with_listen_url`](Self::with_listen_url).
+/// Without one, the listener never hears anything: the cache is never trusted (every request
+/// reads the database) and every revocation waits one full lease. That is slow, never unsafe.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,16 +59,63 @@ macro_rules! columns {
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    feed: Arc<Feed>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool)
+            .field("lease", &self.feed.lease())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresStore {
     /// Wraps an existing pool.
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_feed(pool, FeedOptions::default())
+    }
+
+    fn with_feed(pool: PgPool, options: FeedOptions) -> Self {
+        Self {
+            feed: Feed::new(pool.clone(), options),
+            pool,
+        }
+    }
+
+    fn feed_options(&self) -> FeedOptions {
+        self.feed.options().clone()
+    }
+
+    /// Sets the invalidation lease (default 1 s; at least 10 ms). Set it before the store is
+    /// used, on every instance alike.
+    #[must_use]
+    pub fn with_lease(self, lease: Duration) -> Self {
+        let options = FeedOptions {
+            lease: lease.max(Duration::from_millis(10)),
+            ..self.feed_options()
+        };
+        Self::with_feed(self.pool, options)
+    }
+
+    /// Connects the notification listener to `url` instead of through the pool: a direct,
+    /// session-mode connection when the pool goes through a transaction-mode pooler. Set it
+    /// before the store is used.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a PostgreSQL URL.
+    pub fn with_listen_url(self, url: &str) -> Result<Self, StoreError> {
+        let options = FeedOptions {
+            listen: Some(feed::listen_options(url)?),
+            ..self.feed_options()
+        };
+        Ok(Self::with_feed(self.pool, options))
     }
 
     /// Connects a pool of up to 16 connections to `url`.
@@ -134,28 +199,6 @@ fn hashes_from_rows(rows: &[PgRow], operation: &'static str) -> Result<Vec<Token
         .map(hash_from_row)
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::new(operation, e))
-}
-
-/// Publishes hashes to every listening instance; delivered only if the transaction commits.
-async fn notify(
-    tx: &mut Transaction<'_, Postgres>,
-    hashes: &[TokenHash],
-    operation: &'static str,
-) -> Result<(), StoreError> {
-    for chunk in hashes.chunks(HASHES_PER_NOTIFICATION) {
-        let payload = chunk
-            .iter()
-            .map(TokenHash::to_hex)
-            .collect::<Vec<_>>()
-            .join(",");
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(payload)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| StoreError::new(operation, e))?;
-    }
-    Ok(())
 }
 
 /// Moves `last_active_at` forward (never back) for live sessions, in one statement.
@@ -276,8 +319,9 @@ impl SessionStore for PostgresStore {
                 hashes_from_rows(&rows, OP)?
             }
         };
-        notify(&mut tx, &evicted, OP).await?;
+        let ticket = self.feed.publish(&mut tx, &evicted, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        self.feed.settle(ticket).await;
         Ok(Inserted::Created { evicted })
     }
 
@@ -368,8 +412,12 @@ impl SessionStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::new(OP, e))?;
-        notify(&mut tx, std::slice::from_ref(current), OP).await?;
+        let ticket = self
+            .feed
+            .publish(&mut tx, std::slice::from_ref(current), OP)
+            .await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        self.feed.settle(ticket).await;
         Ok(Some(session))
     }
 
@@ -416,8 +464,9 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
-        notify(&mut tx, &hashes, OP).await?;
+        let ticket = self.feed.publish(&mut tx, &hashes, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        self.feed.settle(ticket).await;
         Ok(hashes.into_iter().next())
     }
 
@@ -452,8 +501,9 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
-        notify(&mut tx, &hashes, OP).await?;
+        let ticket = self.feed.publish(&mut tx, &hashes, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
+        self.feed.settle(ticket).await;
         Ok(hashes)
     }
 
@@ -478,69 +528,6 @@ impl SessionStore for PostgresStore {
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(listen(self.pool.clone(), tx));
-        Some(rx)
-    }
-}
-
-/// Relays notifications until the receiver is dropped, reconnecting with backoff. Every gap in
-/// the connection is reported, because notifications sent during it are lost for good.
-async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Invalidation>) {
-    const MIN_BACKOFF: Duration = Duration::from_millis(50);
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.eager_reconnect(false);
-            listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            () = tx.closed() => return,
-            result = connected => match result {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::warn!(%error, "session invalidation listener cannot connect; cache bypassed until it does");
-                    tokio::select! {
-                        () = tx.closed() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = MIN_BACKOFF;
-        if tx.send(Invalidation::FeedRestored).is_err() {
-            return;
-        }
-        loop {
-            let received = tokio::select! {
-                () = tx.closed() => return,
-                received = listener.try_recv() => received,
-            };
-            match received {
-                Ok(Some(notification)) => {
-                    let hashes = notification
-                        .payload()
-                        .split(',')
-                        .filter_map(TokenHash::from_hex)
-                        .collect();
-                    if tx.send(Invalidation::Tokens(hashes)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    tracing::warn!(
-                        "session invalidation listener lost its connection; reconnecting"
-                    );
-                    if tx.send(Invalidation::FeedLost).is_err() {
-                        return;
-                    }
-                    break;
-                }
-            }
-        }
+        Some(self.feed.subscribe())
     }
 }

@@ -1,0 +1,604 @@
+//! The cross-instance invalidation feed over `LISTEN/NOTIFY`, with leases and acknowledgements.
+//!
+//! Every message goes through one channel, and PostgreSQL delivers a channel's notifications in
+//! commit order. That gives two proofs without a round trip per request:
+//!
+//! - **Lease.** Each instance with a cache publishes a heartbeat every quarter lease. Hearing its
+//!   own heartbeat proves that every notification committed before the heartbeat was sent has
+//!   been heard (and applied) first, so the cache may serve hits until one lease after the
+//!   heartbeat was *sent*. An instance that stops hearing the feed stops serving from its cache
+//!   within one lease, without noticing anything else.
+//! - **Acknowledgement.** A revocation's notification carries this instance's id and a sequence
+//!   number. Every other instance that holds a cache drops the hashes and answers with an ack.
+//!   The revoking call returns once its own notification came back (so every instance that
+//!   heartbeated before the commit is known) and every such instance whose lease might still run
+//!   has acked, or, for one that has not, once one lease (plus a margin) has passed since the
+//!   commit: by then its lease has lapsed, since it was started by a heartbeat sent before the
+//!   commit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+use crate::metrics;
+use crate::store::{Ack, Invalidation};
+use crate::token::TokenHash;
+
+/// Notification channel shared by revocations, heartbeats, acknowledgements and goodbyes.
+pub(crate) const NOTIFY_CHANNEL: &str = "session_layer_invalidate";
+
+/// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
+const HASHES_PER_NOTIFICATION: usize = 100;
+
+/// Heartbeat send times kept to match heard heartbeats against.
+const HEARTBEATS_KEPT: usize = 64;
+
+/// Settings of the feed.
+#[derive(Debug, Clone)]
+pub(super) struct FeedOptions {
+    pub(super) lease: Duration,
+    /// Where the listener connects, when not through the pool (a pooler in transaction mode
+    /// cannot carry `LISTEN`).
+    pub(super) listen: Option<PgConnectOptions>,
+}
+
+impl Default for FeedOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(1),
+            listen: None,
+        }
+    }
+}
+
+/// One message on the channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Message {
+    /// `r <origin> <seq> <hex,hex,…>`
+    Revoked {
+        origin: u64,
+        seq: u64,
+        hashes: Vec<TokenHash>,
+    },
+    /// `h <origin> <n>`
+    Heartbeat { origin: u64, n: u64 },
+    /// `a <from> <origin> <seq>`
+    Ack { from: u64, origin: u64, seq: u64 },
+    /// `b <origin>`
+    Bye { origin: u64 },
+}
+
+impl Message {
+    fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(' ');
+        let kind = parts.next()?;
+        let mut number = || u64::from_str_radix(parts.next()?, 16).ok();
+        let message = match kind {
+            "r" => {
+                let (origin, seq) = (number()?, number()?);
+                let hashes = parts
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(TokenHash::from_hex)
+                    .collect();
+                Self::Revoked {
+                    origin,
+                    seq,
+                    hashes,
+                }
+            }
+            "h" => Self::Heartbeat {
+                origin: number()?,
+                n: number()?,
+            },
+            "a" => Self::Ack {
+                from: number()?,
+                origin: number()?,
+                seq: number()?,
+            },
+            "b" => Self::Bye { origin: number()? },
+            _ => return None,
+        };
+        Some(message)
+    }
+}
+
+/// A revocation of this instance waiting to be acknowledged.
+struct Pending {
+    published_at: Instant,
+    /// Set when this instance heard its own notification: the peers still to acknowledge.
+    awaiting: Option<HashSet<u64>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Other instances that hold a cache: when their last heartbeat was heard.
+    peers: HashMap<u64, Instant>,
+    pending: HashMap<u64, Pending>,
+    subscribers: Vec<mpsc::UnboundedSender<Invalidation>>,
+    /// Send times of this instance's recent heartbeats, by number.
+    heartbeats: VecDeque<(u64, Instant)>,
+    listening: bool,
+}
+
+pub(super) struct Feed {
+    pool: PgPool,
+    options: FeedOptions,
+    instance: u64,
+    next_seq: std::sync::atomic::AtomicU64,
+    state: Mutex<State>,
+    /// Signalled whenever a pending revocation may have settled.
+    settled: Notify,
+    /// Dropped with the feed: the listener and heartbeat tasks stop.
+    _alive: watch::Sender<()>,
+    alive: watch::Receiver<()>,
+}
+
+impl Feed {
+    pub(super) fn new(pool: PgPool, options: FeedOptions) -> Arc<Self> {
+        let (alive_tx, alive) = watch::channel(());
+        Arc::new(Self {
+            pool,
+            options,
+            instance: instance_id(),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            settled: Notify::new(),
+            _alive: alive_tx,
+            alive,
+        })
+    }
+
+    pub(super) fn lease(&self) -> Duration {
+        self.options.lease
+    }
+
+    pub(super) fn options(&self) -> &FeedOptions {
+        &self.options
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few map operations that cannot panic half-way.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A cache's subscription: starts the listener (and heartbeats) if needed.
+    pub(super) fn subscribe(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Invalidation> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first = {
+            let mut state = self.state();
+            state.subscribers.push(tx);
+            state.subscribers.len() == 1
+        };
+        self.start_listener();
+        if first {
+            tokio::spawn(heartbeat(Arc::downgrade(self), self.alive.clone()));
+        }
+        rx
+    }
+
+    fn start_listener(self: &Arc<Self>) {
+        let start = {
+            let mut state = self.state();
+            !std::mem::replace(&mut state.listening, true)
+        };
+        if start {
+            tokio::spawn(listen(Arc::downgrade(self), self.alive.clone()));
+        }
+    }
+
+    /// Publishes `hashes` inside `tx` (delivered only if it commits) and registers them to be
+    /// acknowledged; pass the returned ticket to [`settle`](Self::settle) after the commit.
+    pub(super) async fn publish(
+        self: &Arc<Self>,
+        tx: &mut Transaction<'_, Postgres>,
+        hashes: &[TokenHash],
+        operation: &'static str,
+    ) -> Result<Ticket, StoreError> {
+        let mut ticket = Ticket {
+            seqs: Vec::new(),
+            feed: Arc::downgrade(self),
+        };
+        if hashes.is_empty() {
+            return Ok(ticket);
+        }
+        // Our own notification must come back to prove who heard it.
+        self.start_listener();
+        for chunk in hashes.chunks(HASHES_PER_NOTIFICATION) {
+            let seq = self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let list = chunk
+                .iter()
+                .map(TokenHash::to_hex)
+                .collect::<Vec<_>>()
+                .join(",");
+            self.state().pending.insert(
+                seq,
+                Pending {
+                    published_at: Instant::now(),
+                    awaiting: None,
+                },
+            );
+            ticket.seqs.push(seq);
+            let payload = format!("r {:x} {seq:x} {list}", self.instance);
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(payload)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| StoreError::new(operation, e))?;
+        }
+        Ok(ticket)
+    }
+
+    /// Waits, after the commit, until every other live instance has dropped the published
+    /// hashes, or until their leases must have lapsed.
+    pub(super) async fn settle(&self, mut ticket: Ticket) {
+        let seqs = std::mem::take(&mut ticket.seqs);
+        let Some(first) = seqs.first() else { return };
+        let published_at = self
+            .state()
+            .pending
+            .get(first)
+            .map_or_else(Instant::now, |p| p.published_at);
+        // The lease of any instance that trusted its cache at the commit began with a heartbeat
+        // sent before it, so one lease after publication (plus scheduling slack) it has lapsed.
+        let deadline = published_at + self.options.lease + margin(self.options.lease);
+        let waited = loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let open = {
+                let state = self.state();
+                seqs.iter().any(|seq| {
+                    state
+                        .pending
+                        .get(seq)
+                        .is_some_and(|p| p.awaiting.as_ref().is_none_or(|a| !a.is_empty()))
+                })
+            };
+            if !open {
+                break false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break true;
+            }
+        };
+        {
+            let mut state = self.state();
+            for seq in &seqs {
+                state.pending.remove(seq);
+            }
+        }
+        if waited {
+            ::metrics::counter!(metrics::REVOCATION_ACK_TIMEOUTS).increment(1);
+            tracing::warn!(
+                lease_ms = self.options.lease.as_millis(),
+                "a revocation was not acknowledged by every instance; waited out their lease"
+            );
+        }
+        ::metrics::histogram!(metrics::REVOCATION_PROPAGATION_SECONDS)
+            .record(published_at.elapsed().as_secs_f64());
+    }
+
+    fn forward(&self, make: impl Fn() -> Invalidation) {
+        self.state()
+            .subscribers
+            .retain(|subscriber| subscriber.send(make()).is_ok());
+    }
+
+    /// Applies one message heard on the channel.
+    fn heard(self: &Arc<Self>, message: Message) {
+        let me = self.instance;
+        match message {
+            Message::Heartbeat { origin, n } if origin == me => {
+                let sent = self
+                    .state()
+                    .heartbeats
+                    .iter()
+                    .find(|(number, _)| *number == n)
+                    .map(|(_, sent)| *sent);
+                if let Some(sent) = sent {
+                    let until = sent + self.options.lease;
+                    self.forward(|| Invalidation::Lease { until });
+                }
+            }
+            Message::Heartbeat { origin, .. } => {
+                self.state().peers.insert(origin, Instant::now());
+            }
+            Message::Revoked {
+                origin,
+                seq,
+                hashes,
+            } if origin == me => {
+                // The caches here drop it at once; the revoking call does so again when it returns.
+                self.forward(|| Invalidation::Tokens {
+                    hashes: hashes.clone(),
+                    ack: Ack::none(),
+                });
+                let mut state = self.state();
+                let State { peers, pending, .. } = &mut *state;
+                if let Some(pending) = pending.get_mut(&seq) {
+                    let lease = self.options.lease + margin(self.options.lease);
+                    let live = peers
+                        .iter()
+                        .filter(|(_, heard)| **heard + lease > pending.published_at)
+                        .map(|(peer, _)| *peer)
+                        .collect();
+                    pending.awaiting = Some(live);
+                }
+                drop(state);
+                self.settled.notify_waiters();
+            }
+            Message::Revoked {
+                origin,
+                seq,
+                hashes,
+            } => self.relay_revocation(origin, seq, hashes),
+            Message::Ack { from, origin, seq } if origin == me => {
+                ::metrics::counter!(metrics::REVOCATION_ACKS).increment(1);
+                if let Some(awaiting) = self
+                    .state()
+                    .pending
+                    .get_mut(&seq)
+                    .and_then(|p| p.awaiting.as_mut())
+                {
+                    awaiting.remove(&from);
+                }
+                self.settled.notify_waiters();
+            }
+            Message::Ack { .. } => {}
+            Message::Bye { origin } => {
+                let mut state = self.state();
+                state.peers.remove(&origin);
+                for pending in state.pending.values_mut() {
+                    if let Some(awaiting) = pending.awaiting.as_mut() {
+                        awaiting.remove(&origin);
+                    }
+                }
+                drop(state);
+                self.settled.notify_waiters();
+            }
+        }
+    }
+
+    /// Hands another instance's revocation to every cache here and acknowledges it once all of
+    /// them dropped the hashes.
+    fn relay_revocation(self: &Arc<Self>, origin: u64, seq: u64, hashes: Vec<TokenHash>) {
+        let mut waits = Vec::new();
+        self.state().subscribers.retain(|subscriber| {
+            let (ack, wait) = Ack::channel();
+            let sent = subscriber.send(Invalidation::Tokens {
+                hashes: hashes.clone(),
+                ack,
+            });
+            if sent.is_ok() {
+                waits.push(wait);
+            }
+            sent.is_ok()
+        });
+        if waits.is_empty() {
+            // No cache here: nothing to drop, and nobody waits for this instance.
+            return;
+        }
+        let (pool, me) = (self.pool.clone(), self.instance);
+        tokio::spawn(async move {
+            for wait in waits {
+                // An error means the cache is gone: nothing left to drop.
+                let _ = wait.await;
+            }
+            let payload = format!("a {me:x} {origin:x} {seq:x}");
+            if let Err(error) = notify(&pool, &payload).await {
+                // The origin then waits out this instance's lease: slower, never wrong.
+                tracing::warn!(%error, "could not acknowledge a session revocation");
+            }
+        });
+    }
+}
+
+/// The revocations one transaction published; [`Feed::settle`] waits for them. Dropped without
+/// settling (the commit failed), it forgets them.
+pub(super) struct Ticket {
+    seqs: Vec<u64>,
+    feed: Weak<Feed>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.seqs.is_empty() {
+            return;
+        }
+        if let Some(feed) = self.feed.upgrade() {
+            let mut state = feed.state();
+            for seq in &self.seqs {
+                state.pending.remove(seq);
+            }
+        }
+    }
+}
+
+/// Slack for scheduling and clock-rate differences between instances.
+fn margin(lease: Duration) -> Duration {
+    lease / 20 + Duration::from_millis(5)
+}
+
+fn instance_id() -> u64 {
+    let mut bytes = [0; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Unique enough: ids only need to differ between the instances on one database.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        return u64::from(std::process::id()) << 32 ^ (nanos as u64);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+/// Publishes this instance's heartbeat every quarter lease while a cache subscribes; says
+/// goodbye when the last one is gone.
+async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
+    let mut n: u64 = 0;
+    let period = match feed.upgrade() {
+        Some(feed) => (feed.options.lease / 4).max(Duration::from_millis(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = alive.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(feed) = feed.upgrade() else { return };
+        let (pool, me) = (feed.pool.clone(), feed.instance);
+        let subscribed = {
+            let mut state = feed.state();
+            state.subscribers.retain(|s| !s.is_closed());
+            if !state.subscribers.is_empty() {
+                n += 1;
+                if state.heartbeats.len() == HEARTBEATS_KEPT {
+                    state.heartbeats.pop_front();
+                }
+                // Taken before the heartbeat is sent, so the lease it grants can only be short.
+                state.heartbeats.push_back((n, Instant::now()));
+            }
+            !state.subscribers.is_empty()
+        };
+        drop(feed);
+        if !subscribed {
+            let _ = notify(&pool, &format!("b {me:x}")).await;
+            return;
+        }
+        if let Err(error) = notify(&pool, &format!("h {me:x} {n:x}")).await {
+            tracing::debug!(%error, "session invalidation heartbeat not sent; the lease will lapse");
+        }
+    }
+}
+
+/// Relays the channel until the feed is dropped, reconnecting with backoff. Every gap in the
+/// connection is reported, because notifications sent during it are lost for good.
+async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
+    let Some(strong) = feed.upgrade() else { return };
+    // `PgListener` takes its connection from a pool: a one-connection pool for a separate URL.
+    let pool = match strong.options.listen.clone() {
+        Some(options) => PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options),
+        None => strong.pool.clone(),
+    };
+    drop(strong);
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.eager_reconnect(false);
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            _ = alive.changed() => return,
+            result = connected => match result {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "session invalidation listener cannot connect; cache bypassed until it does");
+                    tokio::select! {
+                        _ = alive.changed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        backoff = MIN_BACKOFF;
+        match feed.upgrade() {
+            Some(feed) => feed.forward(|| Invalidation::FeedRestored),
+            None => return,
+        }
+        loop {
+            let received = tokio::select! {
+                _ = alive.changed() => return,
+                received = listener.try_recv() => received,
+            };
+            let Some(feed) = feed.upgrade() else { return };
+            match received {
+                Ok(Some(notification)) => {
+                    if let Some(message) = Message::parse(notification.payload()) {
+                        feed.heard(message);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!(
+                        "session invalidation listener lost its connection; reconnecting"
+                    );
+                    feed.forward(|| Invalidation::FeedLost);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The listener's connection options, from a URL.
+pub(super) fn listen_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    url.parse()
+        .map_err(|e| StoreError::new("parse the listen URL", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_their_payloads() {
+        let hash = TokenHash::from_bytes([7; 32]);
+        assert_eq!(
+            Message::parse(&format!("r 1f 2 {},{}", hash.to_hex(), hash.to_hex())),
+            Some(Message::Revoked {
+                origin: 0x1f,
+                seq: 2,
+                hashes: vec![hash, hash]
+            })
+        );
+        assert_eq!(
+            Message::parse("h ff 10"),
+            Some(Message::Heartbeat {
+                origin: 0xff,
+                n: 0x10
+            })
+        );
+        assert_eq!(
+            Message::parse("a 1 2 3"),
+            Some(Message::Ack {
+                from: 1,
+                origin: 2,
+                seq: 3
+            })
+        );
+        assert_eq!(Message::parse("b 9"), Some(Message::Bye { origin: 9 }));
+        for junk in ["", "x 1", "h", "h zz 1", "a 1 2", "r"] {
+            assert_eq!(Message::parse(junk), None, "{junk:?}");
+        }
+    }
+}
