@@ -406,6 +406,19 @@ impl Feed {
     }
 }
 
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // The last handle of the store is gone (with its manager): say goodbye, so that no
+        // revocation elsewhere waits out this instance's lease. Best effort: without a runtime
+        // the others wait one lease, as for a crash.
+        let said = !self.state().subscribers.is_empty();
+        if said && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (pool, me) = (self.pool.clone(), self.instance);
+            runtime.spawn(async move { notify(&pool, &format!("b {me:x}")).await });
+        }
+    }
+}
+
 /// The revocations one transaction published; [`Feed::settle`] waits for them. Dropped without
 /// settling (the commit failed), it forgets them.
 pub(super) struct Ticket {
