@@ -16,19 +16,36 @@ use crate::clock::from_us;
 type Sessions = Arc<Mutex<Vec<(Uuid, Arc<LastUse>)>>>;
 
 pub(crate) struct ActivityLog {
-    /// Users idle longer than the idle timeout are dropped: their sessions are dead anyway.
+    /// A user's record is read on every cache miss of their sessions, and an entry in use is
+    /// reloaded at least once per cache TTL: a user unread for the idle timeout plus the cache
+    /// TTL has no live session left to judge.
     users: Cache<Uuid, Sessions>,
     idle_us: i64,
+    /// Records kept per user, the most recently used first.
+    per_user: usize,
+    /// Uses older than this are written for sure (a touch interval plus a flush, with slack).
+    unwritten_window_us: i64,
+}
+
+/// How the log is bounded.
+pub(crate) struct Bounds {
+    pub(crate) idle: Duration,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) users: u64,
+    pub(crate) per_user: usize,
+    pub(crate) unwritten_window: Duration,
 }
 
 impl ActivityLog {
-    pub(crate) fn new(idle: Duration, capacity: u64) -> Self {
+    pub(crate) fn new(bounds: Bounds) -> Self {
         Self {
             users: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(idle)
+                .max_capacity(bounds.users)
+                .time_to_idle(bounds.idle.saturating_add(bounds.cache_ttl))
                 .build(),
-            idle_us: crate::clock::duration_us(idle),
+            idle_us: crate::clock::duration_us(bounds.idle),
+            per_user: bounds.per_user.max(1),
+            unwritten_window_us: crate::clock::duration_us(bounds.unwritten_window),
         }
     }
 
@@ -55,15 +72,40 @@ impl ActivityLog {
             return Arc::clone(used);
         }
         let used = Arc::new(LastUse::new(stored_us));
+        if sessions.len() >= self.per_user {
+            // Past the bound, the least recently used record goes.
+            if let Some(oldest) = (0..sessions.len()).min_by_key(|&i| sessions[i].1.used_us()) {
+                sessions.swap_remove(oldest);
+            }
+        }
         sessions.push((session_id, Arc::clone(&used)));
         used
     }
 
-    /// The most recent use seen here of each of the user's sessions.
-    pub(crate) async fn recent(&self, user_id: Uuid) -> Vec<(Uuid, OffsetDateTime)> {
+    /// Forgets the records of revoked sessions: `None` means every session of the user but
+    /// `except`.
+    pub(crate) async fn forget(
+        &self,
+        user_id: Uuid,
+        sessions: Option<&[Uuid]>,
+        except: Option<Uuid>,
+    ) {
+        if let Some(records) = self.users.get(&user_id).await {
+            lock(&records).retain(|(id, _)| match sessions {
+                Some(revoked) => !revoked.contains(id),
+                None => Some(*id) == except,
+            });
+        }
+    }
+
+    /// The uses seen here of the user's sessions that the store may not know yet.
+    pub(crate) async fn recent(&self, user_id: Uuid, now_us: i64) -> Vec<(Uuid, OffsetDateTime)> {
         match self.users.get(&user_id).await {
             Some(sessions) => lock(&sessions)
                 .iter()
+                .filter(|(_, used)| {
+                    now_us.saturating_sub(used.used_us()) <= self.unwritten_window_us
+                })
                 .map(|(id, used)| (*id, from_us(used.used_us())))
                 .collect(),
             None => Vec::new(),

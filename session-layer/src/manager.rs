@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::activity::ActivityLog;
+use crate::activity::{ActivityLog, Bounds};
 use crate::cache::{SessionCache, SessionEntry};
 use crate::client_ip::resolve_client_ip;
 use crate::clock::duration_us;
@@ -158,7 +158,17 @@ impl SessionManager {
         let validator = Validator::new(
             Arc::clone(&store),
             cache,
-            ActivityLog::new(config.idle_timeout(), config.cache_capacity),
+            ActivityLog::new(Bounds {
+                idle: config.idle_timeout(),
+                cache_ttl: config.cache_ttl,
+                users: config.cache_capacity,
+                per_user: config.max_sessions_per_user.map_or(256, |max| {
+                    usize::try_from(max).unwrap_or(usize::MAX).saturating_mul(2)
+                }),
+                unwritten_window: config.touch_interval()
+                    + config.touch_flush_interval
+                    + Duration::from_secs(1),
+            }),
             touches.clone(),
             Judging {
                 clock: config.clock.clone(),
@@ -235,7 +245,14 @@ impl SessionManager {
         };
         let max_active = self.inner.config.max_sessions_per_user;
         let recent_activity = match max_active {
-            Some(_) => self.inner.validator.activity().recent(new.user_id).await,
+            Some(_) => {
+                let now_us = self.inner.config.clock.wall_us();
+                self.inner
+                    .validator
+                    .activity()
+                    .recent(new.user_id, now_us)
+                    .await
+            }
             None => Vec::new(),
         };
         let hash = token.hash();
@@ -339,6 +356,11 @@ impl SessionManager {
                 .await?;
             let hash = revoked.ok_or(Error::SessionNotFound)?;
             this.forget(&[hash], reason).await;
+            this.inner
+                .validator
+                .activity()
+                .forget(user_id, Some(&[session_id]), None)
+                .await;
             Ok(())
         })
         .await
@@ -386,6 +408,11 @@ impl SessionManager {
                 )
                 .await?;
             this.forget(&hashes, reason).await;
+            this.inner
+                .validator
+                .activity()
+                .forget(user_id, None, except)
+                .await;
             Ok(u64::try_from(hashes.len()).unwrap_or(u64::MAX))
         })
         .await
@@ -482,7 +509,26 @@ impl SessionManager {
 
     /// The layer's miss path: asks the store (one query per token at a time) and revokes a
     /// session whose rotated-out token came back.
+    ///
+    /// The lookup runs on a task of its own: a request dropped half-way (a client that went
+    /// away) still completes what its lookup started, above all the revocation of a session
+    /// whose rotated-out token it presented.
     pub(crate) async fn authenticate(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.authenticate_here(hash).await }).await {
+            Ok(result) => result,
+            Err(error) => {
+                self.inner.counters.store_errors.increment(1);
+                tracing::error!(%error, "a session lookup's task ended before finishing");
+                Err(StoreError::new("look up a session", error))
+            }
+        }
+    }
+
+    async fn authenticate_here(
         &self,
         hash: TokenHash,
     ) -> Result<Option<Arc<SessionEntry>>, StoreError> {

@@ -171,12 +171,18 @@ impl Validator {
             }
         };
         let session = found.session;
-        let dead = session.revoked_at.is_some() || now >= to_us(session.expires_at);
-        if found.matched == TokenMatch::Retired && !dead {
+        let revoked = session.revoked_at.is_some();
+        // Expiry is judged on this instance's wall clock, which may be stepped back later: only
+        // a revocation is remembered as final.
+        let expired = now >= to_us(session.expires_at);
+        if found.matched == TokenMatch::Retired && !revoked && !expired {
             return Loaded::Rejected(Checked::Reused(session));
         }
-        if dead {
+        if revoked {
             return Loaded::Remember(Miss::Useless, Checked::Invalid);
+        }
+        if expired {
+            return Loaded::Rejected(Checked::Invalid);
         }
         let last_use = self
             .activity

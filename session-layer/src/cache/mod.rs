@@ -52,8 +52,8 @@ pub(crate) enum Loaded<R> {
 /// What the cache remembers about a token that yielded no session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Miss {
-    /// No session has this token, or its session is revoked or expired: final states, and a
-    /// token that is issued later is removed from this memory when it is issued.
+    /// No session has this token, or its session is revoked: final states, and a token that is
+    /// issued later is removed from this memory when it is issued.
     Useless,
     /// A store lookup for this token failed at this monotonic time; lookups that started
     /// before it share the failure.

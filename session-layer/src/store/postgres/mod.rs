@@ -210,11 +210,18 @@ async fn touch_with<'e>(
         return Ok(());
     }
     let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
+    // Rows are locked in id order and rows locked by others are skipped: a touch is an
+    // optimisation of idle tracking, and waiting could deadlock with another instance's batch
+    // or with a revocation. The stored time never runs ahead of the database's clock, so a
+    // forward step of one instance's wall clock cannot stretch an idle timeout.
     sqlx::query(
-        "UPDATE sessions AS s SET last_active_at = t.at \
-         FROM (SELECT id, max(at) AS at FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
-               GROUP BY id) AS t \
-         WHERE s.id = t.id AND s.revoked_at IS NULL AND s.last_active_at < t.at",
+        "WITH t AS (SELECT id, max(at) AS at \
+                    FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) GROUP BY id), \
+              locked AS (SELECT s.id, LEAST(t.at, now()) AS at FROM sessions s JOIN t ON s.id = t.id \
+                         WHERE s.revoked_at IS NULL AND s.last_active_at < t.at \
+                         ORDER BY s.id FOR UPDATE OF s SKIP LOCKED) \
+         UPDATE sessions AS s SET last_active_at = locked.at FROM locked \
+         WHERE s.id = locked.id AND s.last_active_at < locked.at",
     )
     .bind(ids)
     .bind(times)
@@ -490,7 +497,9 @@ impl SessionStore for PostgresStore {
         .map_err(|e| StoreError::new(OP, e))?;
         let rows = sqlx::query(
             "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
-             WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
+             WHERE id IN (SELECT id FROM sessions \
+                 WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
+                 ORDER BY id FOR UPDATE) \
              RETURNING token_hash",
         )
         .bind(user_id)
