@@ -212,12 +212,11 @@ async fn touch_with<'e>(
     let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
     // Rows are locked in id order and rows locked by others are skipped: a touch is an
     // optimisation of idle tracking, and waiting could deadlock with another instance's batch
-    // or with a revocation. The stored time never runs ahead of the database's clock, so a
-    // forward step of one instance's wall clock cannot stretch an idle timeout.
+    // or with a revocation.
     sqlx::query(
         "WITH t AS (SELECT id, max(at) AS at \
                     FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) GROUP BY id), \
-              locked AS (SELECT s.id, LEAST(t.at, now()) AS at FROM sessions s JOIN t ON s.id = t.id \
+              locked AS (SELECT s.id, t.at FROM sessions s JOIN t ON s.id = t.id \
                          WHERE s.revoked_at IS NULL AND s.last_active_at < t.at \
                          ORDER BY s.id FOR UPDATE OF s SKIP LOCKED) \
          UPDATE sessions AS s SET last_active_at = locked.at FROM locked \
