@@ -17,8 +17,10 @@ use time::OffsetDateTime;
 ///   or admits requests through that bookkeeping.
 ///
 /// [`Clock::system`] is the default. [`Clock::tokio`] follows Tokio's clock, so tests can use
-/// `tokio::time::pause()` and `advance()`; [`ManualClock`] is moved by hand, including steps of
-/// the wall clock alone.
+/// `tokio::time::pause()` and `advance()`: with [`MemoryStore`](crate::MemoryStore) only, since
+/// paused time also runs out the SQL pools' timeouts while they wait on real I/O.
+/// [`Clock::manual`] is moved by hand, including steps of the wall clock alone, and works with
+/// every store.
 #[derive(Clone, Default)]
 pub struct Clock(Kind);
 

@@ -37,11 +37,12 @@
 //!     .layer(SessionLayer::new(sessions.clone()))
 //!     .with_state(sessions.clone());
 //!
-//! // At sign-in: read the user's fence, check the password, then issue a token. The fence makes
-//! // the sign-in fail if a password change revoked the user's sessions in between.
+//! // At sign-in: find the user's id, read their fence, then read and verify the password hash,
+//! // then issue a token. The fence makes the sign-in fail if a password change revoked the
+//! // user's sessions in between.
 //! let user_id = uuid::Uuid::now_v7();
 //! let fence = sessions.fence(user_id).await?;
-//! // ... verify the password here ...
+//! // ... read the password hash now (not before the fence) and verify it ...
 //! let (token, session) = sessions.create(NewSession::new(user_id).fence(fence)).await?;
 //! let cookie = sessions.config().cookie().session_cookie(&token, session.expires_at);
 //!

@@ -195,11 +195,16 @@ impl SessionManager {
         &self.inner.config
     }
 
-    /// The user's current [`Fence`]. Read it **before** checking the password of a sign-in and
-    /// pass it to [`NewSession::fence`]: if a password change or reset revokes the user's
-    /// sessions ([`revoke_all`](Self::revoke_all) or [`revoke_others`](Self::revoke_others))
-    /// in between, the sign-in creates no session ([`Error::Fenced`]), so a login that proved the
-    /// old password cannot outlive the change.
+    /// The user's current [`Fence`]. Pass it to [`NewSession::fence`]: if a password change or
+    /// reset revokes the user's sessions ([`revoke_all`](Self::revoke_all) or
+    /// [`revoke_others`](Self::revoke_others)) after this read, the sign-in creates no session
+    /// ([`Error::Fenced`]), so a login that proved the old password cannot outlive the change.
+    ///
+    /// The order matters on both sides:
+    /// - sign-in: find the user's id, read the fence, **then read** the password hash and check
+    ///   it. Reading the hash before the fence (say, in the same query as the id) lets a login
+    ///   that read the old hash and then a new fence through;
+    /// - password change: store the new hash, **then** revoke.
     ///
     /// # Errors
     ///
@@ -459,7 +464,8 @@ impl SessionManager {
         })
     }
 
-    /// Writes all pending `last_active_at` updates and waits for them. Call it on shutdown.
+    /// Writes all pending `last_active_at` updates and waits for them. Call it on shutdown; the
+    /// manager stays usable after it.
     pub async fn shutdown(&self) {
         self.cache().run_pending_tasks().await;
         self.inner.touches.flush().await;
