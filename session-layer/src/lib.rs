@@ -65,8 +65,9 @@
 //! - [`SessionLayer`]: reads `Authorization: Bearer` or the session cookie and puts a
 //!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
 //!   when absent, 503 when the store was unreachable).
-//! - Stores behind [`SessionStore`]: [`PostgresStore`] (feature `postgres`, with cross-instance
-//!   revocation over `LISTEN/NOTIFY`), [`SqliteStore`] (feature `sqlite`), [`MemoryStore`].
+//! - [Stores](store) behind [`SessionStore`]: `PostgresStore` (feature `postgres`, with strict
+//!   cross-instance revocation over `LISTEN/NOTIFY`), `SqliteStore` (feature `sqlite`),
+//!   [`MemoryStore`].
 //! - [`SessionToken`]: 256 random bits, sent as 43 characters of base64url, stored only as its
 //!   SHA-256 ([`TokenHash`]). Neither ever appears in `Debug` output, logs or errors.
 //!

@@ -92,8 +92,8 @@ impl NewSession {
 /// The session API: one per application, cheap to clone (an `Arc` inside).
 ///
 /// Every call that changes sessions removes the affected tokens from the validation cache before
-/// it returns, so a revoked token is refused on its very next request. With
-/// [`PostgresStore`](crate::PostgresStore) the change is also published to every other instance.
+/// it returns, so a revoked token is refused on its very next request. With the PostgreSQL
+/// [store](crate::store) the change is also published to every other instance.
 ///
 /// Every call that changes sessions runs to its end once started, on a task of its own: if the
 /// caller's future is dropped (a client that disconnects), the store commit, the cache

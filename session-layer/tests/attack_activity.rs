@@ -5,85 +5,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
-use session_layer::{
-    Fence, NewSession, RevocationReason, Session, SessionConfig, SessionManager, SessionStore,
-    StoreError, TokenHash,
-};
-use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use session_layer::{NewSession, SessionConfig, SessionManager, SessionStore};
 use uuid::Uuid;
-
-/// Delegates everything; records how many `recent_activity` entries each insert carried.
-struct Recording {
-    inner: Arc<dyn SessionStore>,
-    last_recent: AtomicUsize,
-}
-
-#[async_trait]
-impl SessionStore for Recording {
-    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
-        self.last_recent
-            .store(insert.recent_activity.len(), Ordering::SeqCst);
-        self.inner.insert(insert).await
-    }
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
-        self.inner.fence(user_id).await
-    }
-    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {
-        self.inner.find_by_token(hash).await
-    }
-    async fn rotate(
-        &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        current: &TokenHash,
-        new: &TokenHash,
-        live: Liveness,
-    ) -> Result<Option<Session>, StoreError> {
-        self.inner
-            .rotate(user_id, session_id, current, new, live)
-            .await
-    }
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
-        self.inner.list_active(user_id, live).await
-    }
-    async fn revoke(
-        &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        reason: RevocationReason,
-        now: OffsetDateTime,
-    ) -> Result<Option<TokenHash>, StoreError> {
-        self.inner.revoke(user_id, session_id, reason, now).await
-    }
-    async fn revoke_all(
-        &self,
-        user_id: Uuid,
-        except: Option<Uuid>,
-        reason: RevocationReason,
-        now: OffsetDateTime,
-    ) -> Result<Vec<TokenHash>, StoreError> {
-        self.inner.revoke_all(user_id, except, reason, now).await
-    }
-    async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
-        self.inner.touch(touches).await
-    }
-    async fn cleanup(
-        &self,
-        now: OffsetDateTime,
-        revoked_before: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        self.inner.cleanup(now, revoked_before).await
-    }
-    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
-        self.inner.subscribe()
-    }
-}
 
 /// One account, limit 2 sessions: sign in, use the session once, repeat. Every evicted (revoked)
 /// session stays in the user's activity record for a whole idle timeout (1 day by default), and
@@ -91,10 +17,7 @@ impl SessionStore for Recording {
 /// is bounded by nothing but the idle timeout: memory and per-login work grow with the number of
 /// sign-ins.
 async fn the_activity_log_stays_bounded_by_the_session_limit(store: Arc<dyn SessionStore>) {
-    let recording = Arc::new(Recording {
-        inner: store,
-        last_recent: AtomicUsize::new(0),
-    });
+    let recording = common::ProbeStore::new(store);
     let config = SessionConfig::builder()
         .max_sessions_per_user(Some(2))
         .build()
@@ -108,7 +31,7 @@ async fn the_activity_log_stays_bounded_by_the_session_limit(store: Arc<dyn Sess
         assert!(manager.validate(&token.expose()).await.unwrap().is_some());
     }
     let first_half = started.elapsed();
-    let carried = recording.last_recent.load(Ordering::SeqCst);
+    let carried = recording.last_recent_activity.load(Ordering::SeqCst);
     let active = manager.list(user).await.unwrap().len();
     eprintln!("{LOGINS} logins in {first_half:?}; active {active}; last insert carried {carried}");
     assert!(

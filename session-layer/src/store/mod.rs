@@ -170,7 +170,8 @@ impl Ack {
     }
 }
 
-/// Stores session rows. Implemented by [`PostgresStore`], [`SqliteStore`] and [`MemoryStore`].
+/// Stores session rows. Implemented by `PostgresStore` (feature `postgres`), `SqliteStore`
+/// (feature `sqlite`) and [`MemoryStore`].
 ///
 /// Implementations must make [`insert`](Self::insert) with a session limit and
 /// [`rotate`](Self::rotate) atomic: two concurrent rotations of one token have exactly one winner.

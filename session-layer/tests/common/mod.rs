@@ -49,6 +49,8 @@ pub async fn postgres_store(url: &str) -> PostgresStore {
 pub struct ProbeStore {
     inner: Arc<dyn SessionStore>,
     pub lookups: AtomicUsize,
+    /// How many `recent_activity` entries the last insert carried.
+    pub last_recent_activity: AtomicUsize,
     pub failing: AtomicBool,
     paused: AtomicBool,
     holding_commits: AtomicBool,
@@ -64,6 +66,7 @@ impl ProbeStore {
         Arc::new(Self {
             inner,
             lookups: AtomicUsize::new(0),
+            last_recent_activity: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             holding_commits: AtomicBool::new(false),
@@ -119,6 +122,8 @@ impl ProbeStore {
 impl SessionStore for ProbeStore {
     async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
         self.check("insert")?;
+        self.last_recent_activity
+            .store(insert.recent_activity.len(), Ordering::SeqCst);
         self.inner.insert(insert).await
     }
 
