@@ -360,3 +360,76 @@ async fn debug_output_of_public_types_shows_no_secret() {
     assert!(!dump.contains(&hex));
     let _unused = Arc::new(());
 }
+
+/// The cross-site guard: a cross-site write is refused unless the session layer authenticated
+/// it by a bearer token; a Basic header (which browsers add by themselves) exempts nothing.
+#[tokio::test]
+async fn cross_site_writes_are_refused_unless_authenticated_by_bearer() {
+    let manager =
+        SessionManager::new(session_layer::MemoryStore::new(), config().build().unwrap()).unwrap();
+    let app = Router::new()
+        .route(
+            "/write",
+            axum::routing::post(|| async { "done" }).get(|| async { "read" }),
+        )
+        .layer(session_layer::CrossSiteGuard::new())
+        .layer(SessionLayer::new(manager.clone()));
+    let (token, _) = sign_in(&manager, Uuid::now_v7()).await;
+    let post = async |headers: &[(&str, &str)]| {
+        let mut request = Request::post("/write").header("host", "app.example");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    };
+    let cross = ("sec-fetch-site", "cross-site");
+    let cookie_header = cookie(&token);
+    let (status, body) = post(&[cross, ("cookie", &cookie_header)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("forbidden_origin"), "{body}");
+    let basic = ("authorization", "Basic dXNlcjpwYXNz");
+    assert_eq!(
+        post(&[cross, ("cookie", &cookie_header), basic]).await.0,
+        StatusCode::FORBIDDEN,
+        "a Basic header must not exempt a cookie request"
+    );
+    let bearer_header = bearer(&token);
+    assert_eq!(
+        post(&[cross, ("authorization", &bearer_header)]).await.0,
+        StatusCode::OK,
+        "a bearer-authenticated request cannot be forged by a page"
+    );
+    let unknown = bearer(&SessionToken::generate().unwrap().expose());
+    assert_eq!(
+        post(&[cross, ("authorization", &unknown)]).await.0,
+        StatusCode::FORBIDDEN,
+        "only a bearer token the layer accepted exempts"
+    );
+    for origin in ["https://evil.example", "null"] {
+        assert_eq!(post(&[("origin", origin)]).await.0, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        post(&[("origin", "http://app.example")]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&[("sec-fetch-site", "same-origin")]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(post(&[]).await.0, StatusCode::OK, "curl and apps pass");
+    let read = Request::get("/write")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(read).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
