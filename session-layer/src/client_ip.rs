@@ -38,14 +38,20 @@ pub fn resolve_client_ip(
         return Some(peer);
     }
     let mut client = peer;
-    // Several headers are one comma-separated list, in order; walk it from the right.
+    // Several headers are one comma-separated list, in order; walk it from the right, entry by
+    // entry as bytes, so a stray non-ASCII byte to the left of the proxies' own entries (which
+    // a client can put there) spoils nothing on their right.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
         .rev()
-        .flat_map(|value| value.to_str().unwrap_or("").rsplit(',').map(str::trim));
+        .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
     for hop in hops {
-        match hop.parse::<IpAddr>().map(canonical) {
+        let parsed = std::str::from_utf8(hop)
+            .ok()
+            .and_then(|hop| hop.parse::<IpAddr>().ok());
+        match parsed.map(canonical).ok_or(()) {
             Ok(ip) => {
                 client = ip;
                 if !is_trusted(&ip) {
@@ -72,6 +78,29 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_non_ascii_byte_left_of_the_proxies_spoils_nothing() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"1.2.3.4, \xff\xfe, 203.0.113.7, 10.0.0.9").unwrap(),
+        );
+        assert_eq!(
+            resolve_client_ip(&h, Some(ip("10.0.0.2")), &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        // Garbage as the entry the last proxy vouched for: the walk stops at that proxy.
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"203.0.113.7, \xff").unwrap(),
+        );
+        assert_eq!(
+            resolve_client_ip(&h, Some(ip("10.0.0.2")), &trusted),
+            Some(ip("10.0.0.2"))
+        );
     }
 
     fn headers(xff: &[&str]) -> HeaderMap {
