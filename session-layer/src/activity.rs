@@ -12,14 +12,15 @@ use uuid::Uuid;
 
 use crate::cache::LastUse;
 use crate::clock::from_us;
+use crate::user_id::UserId;
 
 type Sessions = Arc<Mutex<Vec<(Uuid, Arc<LastUse>)>>>;
 
-pub(crate) struct ActivityLog {
+pub(crate) struct ActivityLog<U> {
     /// A user's record is read on every cache miss of their sessions, and an entry in use is
     /// reloaded at least once per cache TTL: a user unread for the idle timeout plus the cache
     /// TTL has no live session left to judge.
-    users: Cache<Uuid, Sessions>,
+    users: Cache<U, Sessions>,
     idle_us: i64,
     /// Records kept per user, the most recently used first.
     per_user: usize,
@@ -36,7 +37,7 @@ pub(crate) struct Bounds {
     pub(crate) unwritten_window: Duration,
 }
 
-impl ActivityLog {
+impl<U: UserId> ActivityLog<U> {
     pub(crate) fn new(bounds: Bounds) -> Self {
         Self {
             users: Cache::builder()
@@ -54,7 +55,7 @@ impl ActivityLog {
     /// the user's sessions unused for longer than the idle timeout are dropped on the way.
     pub(crate) async fn track(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         stored_us: i64,
         now_us: i64,
@@ -99,8 +100,8 @@ impl ActivityLog {
     }
 
     /// The uses seen here of the user's sessions that the store may not know yet.
-    pub(crate) async fn recent(&self, user_id: Uuid, now_us: i64) -> Vec<(Uuid, OffsetDateTime)> {
-        match self.users.get(&user_id).await {
+    pub(crate) async fn recent(&self, user_id: &U, now_us: i64) -> Vec<(Uuid, OffsetDateTime)> {
+        match self.users.get(user_id).await {
             Some(sessions) => lock(&sessions)
                 .iter()
                 .filter(|(_, used)| {

@@ -44,14 +44,25 @@ pub enum Transport {
 ///
 /// let app: Router = Router::new().route("/me", get(me)).route("/", get(home));
 /// ```
-#[derive(Clone)]
-pub struct CurrentSession {
-    entry: Arc<SessionEntry>,
+///
+/// With another user id type than [`Uuid`], take `CurrentSession<YourId>` (the layer puts the
+/// session of its manager's id type into the request).
+pub struct CurrentSession<U = Uuid> {
+    entry: Arc<SessionEntry<U>>,
     transport: Transport,
 }
 
-impl CurrentSession {
-    pub(crate) fn new(entry: Arc<SessionEntry>, transport: Transport) -> Self {
+impl<U> Clone for CurrentSession<U> {
+    fn clone(&self) -> Self {
+        Self {
+            entry: Arc::clone(&self.entry),
+            transport: self.transport,
+        }
+    }
+}
+
+impl<U: Clone> CurrentSession<U> {
+    pub(crate) fn new(entry: Arc<SessionEntry<U>>, transport: Transport) -> Self {
         Self { entry, transport }
     }
 
@@ -61,10 +72,10 @@ impl CurrentSession {
         self.entry.session.id
     }
 
-    /// The signed-in user.
+    /// The signed-in user (a clone: free for `Uuid` and `i64`).
     #[must_use]
-    pub fn user_id(&self) -> Uuid {
-        self.entry.session.user_id
+    pub fn user_id(&self) -> U {
+        self.entry.session.user_id.clone()
     }
 
     /// Sign-in time.
@@ -111,7 +122,7 @@ impl CurrentSession {
 
     /// The session as loaded from the store (its `last_active_at` is the stored, coarse value).
     #[must_use]
-    pub fn session(&self) -> &Session {
+    pub fn session(&self) -> &Session<U> {
         &self.entry.session
     }
 
@@ -135,11 +146,11 @@ impl CurrentSession {
     }
 }
 
-impl std::fmt::Debug for CurrentSession {
+impl<U: std::fmt::Debug + Clone> std::fmt::Debug for CurrentSession<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CurrentSession")
             .field("session_id", &self.session_id())
-            .field("user_id", &self.user_id())
+            .field("user_id", &self.entry.session.user_id)
             .field("device", &self.device())
             .field("transport", &self.transport)
             .finish_non_exhaustive()
@@ -212,7 +223,7 @@ impl IntoResponse for SessionRejection {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
+impl<S: Send + Sync, U: Clone + Send + Sync + 'static> FromRequestParts<S> for CurrentSession<U> {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
@@ -224,7 +235,9 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
     }
 }
 
-impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentSession {
+impl<S: Send + Sync, U: Clone + Send + Sync + 'static> OptionalFromRequestParts<S>
+    for CurrentSession<U>
+{
     type Rejection = SessionRejection;
 
     /// `None` when no valid session was presented; still 503 when the store was down, since

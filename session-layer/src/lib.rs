@@ -118,6 +118,7 @@ mod session;
 pub mod store;
 mod token;
 mod touch;
+mod user_id;
 mod validate;
 
 pub use client_ip::resolve_client_ip;
@@ -138,6 +139,7 @@ pub use store::PostgresStore;
 pub use store::SqliteStore;
 pub use store::{Fence, MemoryStore, SessionStore};
 pub use token::{SessionToken, TOKEN_LEN, TokenHash};
+pub use user_id::{UserId, UserIdKind, UserIdValue};
 
 /// Re-exported so that applications build cookies with the same version.
 pub use cookie;

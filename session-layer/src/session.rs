@@ -14,11 +14,11 @@ use crate::device::DeviceType;
 /// It never holds the token or its hash; the raw user agent is kept for audit but is not meant for
 /// display (use [`device`](Self::device)).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub struct Session<U = Uuid> {
     /// Session id (UUID v7, so ids sort by creation time).
     pub id: Uuid,
     /// The owner.
-    pub user_id: Uuid,
+    pub user_id: U,
     /// "Chrome on Windows".
     pub device: String,
     /// Desktop, mobile, tablet, bot or unknown.

@@ -12,11 +12,12 @@ use crate::session::Session;
 use crate::store::{SessionStore, TokenMatch};
 use crate::token::TokenHash;
 use crate::touch::TouchSender;
+use crate::user_id::UserId;
 
 /// What the cache alone says about a token.
-pub(crate) enum Cached {
+pub(crate) enum Cached<U> {
     /// A usable session; its use is recorded.
-    Hit(Arc<SessionEntry>),
+    Hit(Arc<SessionEntry<U>>),
     /// Past its absolute lifetime: refused without asking the store.
     Refused,
     /// The store must be asked.
@@ -24,19 +25,19 @@ pub(crate) enum Cached {
 }
 
 /// What a store-backed check concluded.
-pub(crate) enum Checked {
-    Valid(Arc<SessionEntry>),
+pub(crate) enum Checked<U> {
+    Valid(Arc<SessionEntry<U>>),
     /// Unknown, revoked, expired or idle.
     Invalid,
     /// A rotated-out token of this session came back: the session must be revoked.
-    Reused(Session),
+    Reused(Session<U>),
     Failed(StoreError),
 }
 
-pub(crate) struct Validator {
-    store: Arc<dyn SessionStore>,
-    cache: Arc<SessionCache>,
-    activity: ActivityLog,
+pub(crate) struct Validator<U: UserId> {
+    store: Arc<dyn SessionStore<U>>,
+    cache: Arc<SessionCache<U>>,
+    activity: ActivityLog<U>,
     touches: TouchSender,
     clock: Clock,
     idle_us: i64,
@@ -51,11 +52,11 @@ pub(crate) struct Judging {
     pub(crate) touch_interval_us: i64,
 }
 
-impl Validator {
+impl<U: UserId> Validator<U> {
     pub(crate) fn new(
-        store: Arc<dyn SessionStore>,
-        cache: Arc<SessionCache>,
-        activity: ActivityLog,
+        store: Arc<dyn SessionStore<U>>,
+        cache: Arc<SessionCache<U>>,
+        activity: ActivityLog<U>,
         touches: TouchSender,
         judging: Judging,
         counters: Counters,
@@ -72,16 +73,16 @@ impl Validator {
         }
     }
 
-    pub(crate) fn cache(&self) -> &Arc<SessionCache> {
+    pub(crate) fn cache(&self) -> &Arc<SessionCache<U>> {
         &self.cache
     }
 
-    pub(crate) fn activity(&self) -> &ActivityLog {
+    pub(crate) fn activity(&self) -> &ActivityLog<U> {
         &self.activity
     }
 
     /// The hot path: answered from memory, without waiting.
-    pub(crate) fn cached(&self, hash: &TokenHash) -> Cached {
+    pub(crate) fn cached(&self, hash: &TokenHash) -> Cached<U> {
         let Some(entry) = self.cache.get_now(hash, self.clock.monotonic_us()) else {
             return Cached::Unknown;
         };
@@ -99,7 +100,7 @@ impl Validator {
     }
 
     /// A cache miss: one store query per key at a time.
-    pub(crate) async fn check(&self, hash: TokenHash) -> Checked {
+    pub(crate) async fn check(&self, hash: TokenHash) -> Checked<U> {
         self.counters.cache_misses.increment(1);
         let started = self.clock.monotonic_us();
         let now = self.clock.wall_us();
@@ -130,7 +131,7 @@ impl Validator {
         }
     }
 
-    fn record_use(&self, entry: &SessionEntry, now: i64) {
+    fn record_use(&self, entry: &SessionEntry<U>, now: i64) {
         if entry.record_use(now, self.touch_interval_us) {
             self.touches.touch(entry.session.id, now);
         }
@@ -145,7 +146,7 @@ impl Validator {
         now: i64,
         started: i64,
         miss: Option<Miss>,
-    ) -> Loaded<Checked> {
+    ) -> Loaded<U, Checked<U>> {
         match miss {
             Some(Miss::Useless) => {
                 self.counters.miss_cache_hits.increment(1);
@@ -187,7 +188,7 @@ impl Validator {
         let last_use = self
             .activity
             .track(
-                session.user_id,
+                &session.user_id,
                 session.id,
                 to_us(session.last_active_at),
                 now,

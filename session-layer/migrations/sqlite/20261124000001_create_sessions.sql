@@ -1,8 +1,8 @@
 -- session-layer: one row per sign-in. Only the SHA-256 of a token is stored.
 -- Timestamps are integer microseconds since the Unix epoch (UTC), so they compare exactly.
-CREATE TABLE sessions (
+CREATE TABLE {sessions} (
     id                  BLOB    PRIMARY KEY NOT NULL CHECK (length(id) = 16),
-    user_id             BLOB    NOT NULL CHECK (length(user_id) = 16),
+    user_id             {user_type}{references},
     token_hash          BLOB    NOT NULL CHECK (length(token_hash) = 32),
     previous_token_hash BLOB    CHECK (length(previous_token_hash) = 32),
     device              TEXT    NOT NULL,
@@ -23,10 +23,10 @@ CREATE TABLE sessions (
     CHECK ((revoked_at IS NULL) = (revoked_reason IS NULL))
 ) STRICT;
 
-CREATE UNIQUE INDEX sessions_token_hash_key ON sessions (token_hash);
-CREATE INDEX sessions_previous_token_hash_idx ON sessions (previous_token_hash)
+CREATE UNIQUE INDEX {sessions_bare}_token_hash_key ON {sessions} (token_hash);
+CREATE INDEX {sessions_bare}_previous_token_hash_idx ON {sessions} (previous_token_hash)
     WHERE previous_token_hash IS NOT NULL;
-CREATE INDEX sessions_user_active_idx ON sessions (user_id, last_active_at DESC)
+CREATE INDEX {sessions_bare}_user_active_idx ON {sessions} (user_id, last_active_at DESC)
     WHERE revoked_at IS NULL;
-CREATE INDEX sessions_expires_at_idx ON sessions (expires_at);
-CREATE INDEX sessions_revoked_at_idx ON sessions (revoked_at) WHERE revoked_at IS NOT NULL;
+CREATE INDEX {sessions_bare}_expires_at_idx ON {sessions} (expires_at);
+CREATE INDEX {sessions_bare}_revoked_at_idx ON {sessions} (revoked_at) WHERE revoked_at IS NOT NULL;

@@ -60,8 +60,8 @@ impl LastUse {
 }
 
 /// A validated session as cached.
-pub(crate) struct SessionEntry {
-    pub(crate) session: Session,
+pub(crate) struct SessionEntry<U> {
+    pub(crate) session: Session<U>,
     pub(crate) token_hash: TokenHash,
     /// Monotonic time of the store read; the entry is served for at most the cache TTL after.
     loaded_at_us: i64,
@@ -79,9 +79,9 @@ pub(crate) enum Judgement {
     Idle,
 }
 
-impl SessionEntry {
+impl<U> SessionEntry<U> {
     pub(crate) fn new(
-        session: Session,
+        session: Session<U>,
         token_hash: TokenHash,
         last_use: Arc<LastUse>,
         loaded_at_us: i64,

@@ -2,6 +2,7 @@
 //! touching moka. A slot is trusted only while no removal has happened in its cache since it was
 //! filled (the cache's removal generation) and while its entry is fresh.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -13,7 +14,10 @@ const SLOTS: usize = 8;
 struct Slot {
     cache_id: u64,
     generation: u64,
-    entry: Arc<SessionEntry>,
+    hash: TokenHash,
+    /// A `SessionEntry<U>` of the cache `cache_id` (one thread serves caches of several user id
+    /// types, and a thread-local cannot be generic).
+    entry: Arc<dyn Any + Send + Sync>,
 }
 
 thread_local! {
@@ -27,32 +31,39 @@ fn slot_of(hash: &TokenHash) -> usize {
 
 /// The entry this thread last saw for `hash` in cache `cache_id`, if nothing was removed from
 /// that cache since (`generation`) and `fresh` accepts it.
-pub(super) fn get(
+pub(super) fn get<U: Send + Sync + 'static>(
     cache_id: u64,
     generation: u64,
     hash: &TokenHash,
-    fresh: impl Fn(&SessionEntry) -> bool,
-) -> Option<Arc<SessionEntry>> {
+    fresh: impl Fn(&SessionEntry<U>) -> bool,
+) -> Option<Arc<SessionEntry<U>>> {
     RECENT_ENTRIES.with_borrow(|slots| match &slots[slot_of(hash)] {
         Some(slot)
             if slot.cache_id == cache_id
                 && slot.generation == generation
-                && slot.entry.token_hash == *hash
-                && fresh(&slot.entry) =>
+                && slot.hash == *hash =>
         {
-            Some(Arc::clone(&slot.entry))
+            Arc::clone(&slot.entry)
+                .downcast::<SessionEntry<U>>()
+                .ok()
+                .filter(|entry| fresh(entry))
         }
         _ => None,
     })
 }
 
 /// Remembers `entry`, read from cache `cache_id` at removal generation `generation`.
-pub(super) fn put(cache_id: u64, generation: u64, entry: &Arc<SessionEntry>) {
+pub(super) fn put<U: Send + Sync + 'static>(
+    cache_id: u64,
+    generation: u64,
+    entry: &Arc<SessionEntry<U>>,
+) {
     RECENT_ENTRIES.with_borrow_mut(|slots| {
         slots[slot_of(&entry.token_hash)] = Some(Slot {
             cache_id,
             generation,
-            entry: Arc::clone(entry),
+            hash: entry.token_hash,
+            entry: Arc::clone(entry) as Arc<dyn Any + Send + Sync>,
         });
     });
 }

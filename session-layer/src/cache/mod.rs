@@ -31,18 +31,19 @@ pub(crate) use entry::{Judgement, LastUse, SessionEntry};
 use crate::clock::duration_us;
 use crate::token::TokenHash;
 use crate::touch::TouchSender;
+use crate::user_id::UserId;
 
 /// What a load through the cache produced: a usable entry (cached when the cache is trusted),
 /// or the loader's reason for not producing one, passed through uncached.
-pub(crate) enum Fetched<R> {
-    Entry(Arc<SessionEntry>),
+pub(crate) enum Fetched<U, R> {
+    Entry(Arc<SessionEntry<U>>),
     Rejected(R),
 }
 
 /// What a loader produced for a token.
-pub(crate) enum Loaded<R> {
+pub(crate) enum Loaded<U, R> {
     /// A usable session: cached (when the cache is trusted and nothing was removed meanwhile).
-    Usable(Arc<SessionEntry>),
+    Usable(Arc<SessionEntry<U>>),
     /// No session; remember this about the token (apart from the sessions).
     Remember(Miss, R),
     /// No session, and nothing to remember (an idle session, a reused token, a shared failure).
@@ -60,9 +61,9 @@ pub(crate) enum Miss {
     Failed { at_us: i64 },
 }
 
-pub(crate) struct SessionCache {
+pub(crate) struct SessionCache<U> {
     /// `None` when the cache is disabled (`cache_ttl` zero).
-    sessions: Option<Cache<TokenHash, Arc<SessionEntry>>>,
+    sessions: Option<Cache<TokenHash, Arc<SessionEntry<U>>>>,
     /// Tokens that yielded no session, and the per-token queue of first lookups. Kept apart so
     /// that a flood of unknown tokens never competes with `sessions` for capacity: moka's
     /// compute on an absent key takes part in eviction even when it stores nothing.
@@ -85,7 +86,7 @@ pub(crate) struct SessionCache {
     ttl_us: i64,
 }
 
-impl SessionCache {
+impl<U: UserId> SessionCache<U> {
     pub(crate) fn new(
         ttl: Duration,
         capacity: u64,
@@ -98,7 +99,7 @@ impl SessionCache {
             Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
-                .eviction_listener(move |_hash, entry: Arc<SessionEntry>, cause| {
+                .eviction_listener(move |_hash, entry: Arc<SessionEntry<U>>, cause| {
                     // A use seen only in memory would wait for the next use to be written.
                     if cause != RemovalCause::Replaced
                         && let Some(used) = entry.last_use().take_unwritten()
@@ -128,7 +129,7 @@ impl SessionCache {
         }
     }
 
-    pub(crate) fn is_fresh(&self, entry: &SessionEntry, now_mono: i64) -> bool {
+    pub(crate) fn is_fresh(&self, entry: &SessionEntry<U>, now_mono: i64) -> bool {
         entry.is_fresh(now_mono, self.ttl_us)
     }
 
@@ -147,14 +148,18 @@ impl SessionCache {
     /// cache maintenance; a lookup that would wait is answered `None`, and the caller's miss
     /// path then finds the entry without a store query. This keeps the hit path free of a boxed
     /// future.
-    pub(crate) fn get_now(&self, hash: &TokenHash, now_mono: i64) -> Option<Arc<SessionEntry>> {
+    pub(crate) fn get_now(
+        &self,
+        hash: &TokenHash,
+        now_mono: i64,
+    ) -> Option<Arc<SessionEntry<U>>> {
         let sessions = self.sessions.as_ref()?;
         if !self.is_trusted(now_mono) {
             return None;
         }
         // Read before moka, so a removal that lands in between makes the slot stale.
         let generation = self.generation.load(Ordering::Acquire);
-        let fresh = |entry: &SessionEntry| self.is_fresh(entry, now_mono);
+        let fresh = |entry: &SessionEntry<U>| self.is_fresh(entry, now_mono);
         if let Some(entry) = front::get(self.id, generation, hash, fresh) {
             return Some(entry);
         }
@@ -183,11 +188,11 @@ impl SessionCache {
         &self,
         hash: TokenHash,
         now_mono: i64,
-        reuse: impl FnOnce(&SessionEntry) -> bool,
+        reuse: impl FnOnce(&SessionEntry<U>) -> bool,
         load: impl FnOnce() -> Fut,
-    ) -> Fetched<R>
+    ) -> Fetched<U, R>
     where
-        Fut: Future<Output = Loaded<R>>,
+        Fut: Future<Output = Loaded<U, R>>,
     {
         let Some(sessions) = &self.sessions else {
             return self.settle_uncached(hash, load().await).await;
@@ -250,9 +255,9 @@ impl SessionCache {
         hash: TokenHash,
         now_mono: i64,
         load: impl FnOnce(Option<Miss>) -> Fut,
-    ) -> Fetched<R>
+    ) -> Fetched<U, R>
     where
-        Fut: Future<Output = Loaded<R>>,
+        Fut: Future<Output = Loaded<U, R>>,
     {
         let (Some(sessions), Some(misses)) = (&self.sessions, &self.misses) else {
             return self.settle_uncached(hash, load(None).await).await;
@@ -302,7 +307,7 @@ impl SessionCache {
     async fn admit(
         &self,
         hash: TokenHash,
-        entry: Arc<SessionEntry>,
+        entry: Arc<SessionEntry<U>>,
         removals: u64,
         epoch: u64,
         now_mono: i64,
@@ -323,7 +328,7 @@ impl SessionCache {
     }
 
     /// A load's outcome when nothing is cached (the cache is disabled).
-    async fn settle_uncached<R>(&self, hash: TokenHash, loaded: Loaded<R>) -> Fetched<R> {
+    async fn settle_uncached<R>(&self, hash: TokenHash, loaded: Loaded<U, R>) -> Fetched<U, R> {
         match loaded {
             Loaded::Usable(entry) => Fetched::Entry(entry),
             Loaded::Remember(miss, reason) => {

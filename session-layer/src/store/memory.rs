@@ -11,16 +11,17 @@ use super::{Fence, FoundSession, Inserted, Liveness, SessionInsert, SessionStore
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
+use crate::user_id::UserId;
 
 #[derive(Clone)]
-struct Row {
-    session: Session,
+struct Row<U> {
+    session: Session<U>,
     token_hash: TokenHash,
     /// Every hash a rotation replaced.
     retired: Vec<TokenHash>,
 }
 
-impl Row {
+impl<U> Row<U> {
     fn is_active(&self, live: Liveness) -> bool {
         let s = &self.session;
         s.revoked_at.is_none() && s.expires_at > live.now && s.last_active_at > live.idle_cutoff
@@ -35,31 +36,43 @@ impl Row {
 
 /// Sessions in a `HashMap` behind one mutex: the same semantics as the SQL stores, none of their
 /// durability. Use it in tests.
-#[derive(Default)]
-pub struct MemoryStore {
-    state: Mutex<State>,
+pub struct MemoryStore<U = Uuid> {
+    state: Mutex<State<U>>,
 }
 
-#[derive(Default)]
-struct State {
-    rows: Vec<Row>,
-    fences: HashMap<Uuid, u64>,
+struct State<U> {
+    rows: Vec<Row<U>>,
+    fences: HashMap<U, u64>,
 }
 
-impl std::fmt::Debug for MemoryStore {
+impl<U> Default for MemoryStore<U> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                rows: Vec::new(),
+                fences: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<U> std::fmt::Debug for MemoryStore<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore").finish_non_exhaustive()
     }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store for [`Uuid`] user ids; `MemoryStore::<I>::default()` for another
+    /// [`UserId`] type.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    fn state(&self) -> MutexGuard<'_, State> {
+impl<U> MemoryStore<U> {
+    fn state(&self) -> MutexGuard<'_, State<U>> {
         // A panic while holding the lock cannot leave a row half-written (every update is a
         // plain field assignment), so a poisoned lock is still consistent.
         self.state
@@ -69,13 +82,13 @@ impl MemoryStore {
 }
 
 /// Most recently active first; on a tie the newer session first.
-fn by_recency(a: &Session, b: &Session) -> std::cmp::Ordering {
+fn by_recency<U>(a: &Session<U>, b: &Session<U>) -> std::cmp::Ordering {
     (b.last_active_at, b.created_at, b.id).cmp(&(a.last_active_at, a.created_at, a.id))
 }
 
 #[async_trait]
-impl SessionStore for MemoryStore {
-    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
+impl<U: UserId> SessionStore<U> for MemoryStore<U> {
+    async fn insert(&self, insert: SessionInsert<'_, U>) -> Result<Inserted, StoreError> {
         let (session, token_hash) = (insert.session, *insert.token_hash);
         let mut state = self.state();
         let State { rows, fences } = &mut *state;
@@ -117,16 +130,16 @@ impl SessionStore for MemoryStore {
         Ok(Inserted::Created { evicted })
     }
 
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+    async fn fence(&self, user_id: &U) -> Result<Fence, StoreError> {
         Ok(Fence::new(
-            self.state().fences.get(&user_id).copied().unwrap_or(0),
+            self.state().fences.get(user_id).copied().unwrap_or(0),
         ))
     }
 
     async fn find_by_token(
         &self,
         token_hash: &TokenHash,
-    ) -> Result<Option<FoundSession>, StoreError> {
+    ) -> Result<Option<FoundSession<U>>, StoreError> {
         Ok(self.state().rows.iter().find_map(|r| {
             let matched = if r.token_hash == *token_hash {
                 TokenMatch::Current
@@ -144,16 +157,16 @@ impl SessionStore for MemoryStore {
 
     async fn rotate(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         current: &TokenHash,
         new: &TokenHash,
         live: Liveness,
-    ) -> Result<Option<Session>, StoreError> {
+    ) -> Result<Option<Session<U>>, StoreError> {
         let mut state = self.state();
         let Some(row) = state.rows.iter_mut().find(|r| {
             r.session.id == session_id
-                && r.session.user_id == user_id
+                && r.session.user_id == *user_id
                 && r.token_hash == *current
                 && r.is_active(live)
         }) else {
@@ -164,12 +177,16 @@ impl SessionStore for MemoryStore {
         Ok(Some(row.session.clone()))
     }
 
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
-        let mut sessions: Vec<Session> = self
+    async fn list_active(
+        &self,
+        user_id: &U,
+        live: Liveness,
+    ) -> Result<Vec<Session<U>>, StoreError> {
+        let mut sessions: Vec<Session<U>> = self
             .state()
             .rows
             .iter()
-            .filter(|r| r.session.user_id == user_id && r.is_active(live))
+            .filter(|r| r.session.user_id == *user_id && r.is_active(live))
             .map(|r| r.session.clone())
             .collect();
         sessions.sort_by(by_recency);
@@ -178,7 +195,7 @@ impl SessionStore for MemoryStore {
 
     async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         reason: RevocationReason,
         now: OffsetDateTime,
@@ -189,7 +206,7 @@ impl SessionStore for MemoryStore {
             .iter_mut()
             .find(|r| {
                 r.session.id == session_id
-                    && r.session.user_id == user_id
+                    && r.session.user_id == *user_id
                     && r.session.revoked_at.is_none()
                     && r.session.expires_at > now
             })
@@ -198,18 +215,18 @@ impl SessionStore for MemoryStore {
 
     async fn revoke_all(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         except: Option<Uuid>,
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<Vec<TokenHash>, StoreError> {
         let mut state = self.state();
-        *state.fences.entry(user_id).or_insert(0) += 1;
+        *state.fences.entry(user_id.clone()).or_insert(0) += 1;
         Ok(state
             .rows
             .iter_mut()
             .filter(|r| {
-                r.session.user_id == user_id
+                r.session.user_id == *user_id
                     && r.session.revoked_at.is_none()
                     && Some(r.session.id) != except
             })
@@ -238,7 +255,7 @@ impl SessionStore for MemoryStore {
 }
 
 /// Moves `last_active_at` forward (never back) for live sessions.
-fn touch_rows(rows: &mut [Row], touches: &[(Uuid, OffsetDateTime)]) {
+fn touch_rows<U>(rows: &mut [Row<U>], touches: &[(Uuid, OffsetDateTime)]) {
     for (id, at) in touches {
         if let Some(row) = rows
             .iter_mut()

@@ -13,9 +13,14 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
+use crate::user_id::UserId;
 
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod migrations;
+mod tables;
 pub use memory::MemoryStore;
+pub use tables::Tables;
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -67,9 +72,9 @@ impl Fence {
 
 /// A session to insert, with what the insert must check and apply in the same transaction.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionInsert<'a> {
+pub struct SessionInsert<'a, U = Uuid> {
     /// The new session.
-    pub session: &'a Session,
+    pub session: &'a Session<U>,
     /// Its token hash.
     pub token_hash: &'a TokenHash,
     /// When set and the user would hold more active sessions, the least recently active others
@@ -98,9 +103,9 @@ pub enum Inserted {
 
 /// A session found by token hash, revoked or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundSession {
+pub struct FoundSession<U = Uuid> {
     /// The session row.
-    pub session: Session,
+    pub session: Session<U>,
     /// Whether the current or the rotated-out token matched.
     pub matched: TokenMatch,
 }
@@ -170,28 +175,28 @@ impl Ack {
     }
 }
 
-/// Stores session rows. Implemented by `PostgresStore` (feature `postgres`), `SqliteStore`
+/// Stores session rows of users identified by `U` (see [`UserId`]). Implemented by `PostgresStore` (feature `postgres`), `SqliteStore`
 /// (feature `sqlite`) and [`MemoryStore`].
 ///
 /// Implementations must make [`insert`](Self::insert) with a session limit and
 /// [`rotate`](Self::rotate) atomic: two concurrent rotations of one token have exactly one winner.
 #[async_trait]
-pub trait SessionStore: Send + Sync + 'static {
+pub trait SessionStore<U: UserId = Uuid>: Send + Sync + 'static {
     /// Inserts a new session, atomically with its checks: the fence (if given) must be unchanged,
     /// and with `max_active` set the least recently active other sessions beyond the limit are
     /// revoked in the same transaction, after `recent_activity` was applied. Must be serialised
     /// per user against [`revoke_all`](Self::revoke_all).
-    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError>;
+    async fn insert(&self, insert: SessionInsert<'_, U>) -> Result<Inserted, StoreError>;
 
     /// The user's current fence ([`Fence::INITIAL`] if their sessions were never all revoked).
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError>;
+    async fn fence(&self, user_id: &U) -> Result<Fence, StoreError>;
 
     /// Finds the session whose current token hash, or one of whose rotated-out hashes, is
     /// `token_hash`, in any state.
     async fn find_by_token(
         &self,
         token_hash: &TokenHash,
-    ) -> Result<Option<FoundSession>, StoreError>;
+    ) -> Result<Option<FoundSession<U>>, StoreError>;
 
     /// Replaces the session's token hash `current` with `new`, keeping `current` among the
     /// session's retired hashes for as long as the session row exists, if the session belongs to
@@ -199,21 +204,22 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Returns the updated session, or `None` when any condition failed (another rotation won).
     async fn rotate(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         current: &TokenHash,
         new: &TokenHash,
         live: Liveness,
-    ) -> Result<Option<Session>, StoreError>;
+    ) -> Result<Option<Session<U>>, StoreError>;
 
     /// The user's active sessions, most recently active first (ties: the newer first).
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError>;
+    async fn list_active(&self, user_id: &U, live: Liveness)
+    -> Result<Vec<Session<U>>, StoreError>;
 
     /// Revokes one active session of `user_id`; returns its token hash, or `None` when no active
     /// session of that user has that id.
     async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         reason: RevocationReason,
         now: OffsetDateTime,
@@ -223,7 +229,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `except`, in one transaction; returns the revoked hashes.
     async fn revoke_all(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         except: Option<Uuid>,
         reason: RevocationReason,
         now: OffsetDateTime,
