@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use session_layer::{NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use common::relay::Relay;
+use session_layer::{
+    NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager, SessionStore as _,
+};
 use uuid::Uuid;
 
 async fn instance(store: PostgresStore) -> SessionManager {
@@ -106,9 +106,15 @@ async fn revoke_under_fire(a: &SessionManager, others: &[SessionManager]) -> Dur
 async fn revoke_then_use_never_succeeds_on_any_of_two_or_three_instances() {
     let url = test_support::postgres_database();
     // A long lease: a call that returned well within it was released by acknowledgements.
-    let lease = Duration::from_secs(5);
+    let lease = Duration::from_secs(3);
     let a = instance(store(&url, lease).await).await;
     let b = instance(store(&url, lease).await).await;
+    // Until it has listened for a lease, A cannot know every live peer and waits the lease out.
+    let first = revoke_under_fire(&a, std::slice::from_ref(&b)).await;
+    assert!(
+        first >= lease,
+        "a fresh instance trusted an incomplete peer list: {first:?}"
+    );
     for _ in 0..10 {
         let took = revoke_under_fire(&a, std::slice::from_ref(&b)).await;
         assert!(took < lease / 2, "two instances: waited {took:?}");
@@ -117,81 +123,6 @@ async fn revoke_then_use_never_succeeds_on_any_of_two_or_three_instances() {
     for _ in 0..10 {
         let took = revoke_under_fire(&a, &[b.clone(), c.clone()]).await;
         assert!(took < lease / 2, "three instances: waited {took:?}");
-    }
-}
-
-/// A TCP relay to PostgreSQL that can stop passing bytes without closing anything (a partition
-/// that nobody notices) or drop every connection (a crash).
-struct Relay {
-    port: u16,
-    frozen: watch::Sender<bool>,
-    killed: watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(target_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (frozen, _) = watch::channel(false);
-        let (killed, _) = watch::channel(false);
-        let (frozen_rx, killed_rx) = (frozen.subscribe(), killed.subscribe());
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)).await else {
-                    continue;
-                };
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                for (from, to) in [
-                    (
-                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                        Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-                    ),
-                    (Box::new(server_read), Box::new(client_write)),
-                ] {
-                    tokio::spawn(pump(from, to, frozen_rx.clone(), killed_rx.clone()));
-                }
-            }
-        });
-        Self {
-            port,
-            frozen,
-            killed,
-        }
-    }
-
-    fn url(&self, url: &str, target_port: u16) -> String {
-        url.replace(&format!(":{target_port}/"), &format!(":{}/", self.port))
-    }
-}
-
-async fn pump(
-    mut from: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    mut to: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    mut frozen: watch::Receiver<bool>,
-    mut killed: watch::Receiver<bool>,
-) {
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        let read = tokio::select! {
-            _ = killed.wait_for(|k| *k) => return,
-            read = from.read(&mut buffer) => read,
-        };
-        let Ok(n) = read else { return };
-        if n == 0 {
-            return;
-        }
-        // Partitioned: hold the bytes, keep the socket open.
-        tokio::select! {
-            _ = killed.wait_for(|k| *k) => return,
-            _ = frozen.wait_for(|f| !*f) => {}
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
     }
 }
 
@@ -208,7 +139,7 @@ async fn a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_ref
     let relay = Relay::start(pg_port()).await;
     let b_store = store(&url, lease)
         .await
-        .with_listen_url(&relay.url(&url, pg_port()))
+        .with_listen_url(&relay.url(&url))
         .unwrap();
     let b = instance(b_store).await;
 
@@ -250,6 +181,8 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease() 
     let lease = Duration::from_millis(600);
     let a = instance(store(&url, lease).await).await;
     let b = instance(store(&url, lease).await).await;
+    // Past its first lease of listening, A knows every live peer.
+    tokio::time::sleep(lease + lease / 4).await;
 
     // C leaves cleanly: dropping its manager says goodbye.
     let c = instance(store(&url, lease).await).await;
@@ -262,11 +195,13 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease() 
 
     // D crashes: every connection it has drops at once, no goodbye.
     let relay = Relay::start(pg_port()).await;
-    let d_url = relay.url(&url, pg_port());
+    let d_url = relay.url(&url);
     let d = instance(store(&d_url, lease).await.with_listen_url(&d_url).unwrap()).await;
     let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
     cached_on(&d, &token.expose()).await;
-    relay.killed.send_replace(true);
+    relay.kill();
+    // A crash leaves nothing behind: new connections through the relay die too.
+    relay.frozen.send_replace(true);
     let took = revoke_under_fire(&a, std::slice::from_ref(&b)).await;
     assert!(took < lease * 2, "a crashed instance stalled: {took:?}");
     // A new instance joins; revocations still settle by acknowledgement.
@@ -274,4 +209,200 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease() 
     tokio::time::sleep(lease * 2).await;
     let took = revoke_under_fire(&a, &[b, e]).await;
     assert!(took < lease / 2, "after a join: {took:?}");
+}
+
+/// Hammers `token` on `manager` for `window` after `returned`; counts successes.
+async fn served_after(manager: &SessionManager, token: &str, window: Duration) -> usize {
+    let until = Instant::now() + window;
+    let mut served = 0;
+    while Instant::now() < until {
+        served += usize::from(manager.validate(token).await.unwrap().is_some());
+        tokio::task::yield_now().await;
+    }
+    served
+}
+
+/// A revoker that has listened for less than a lease may not have heard every live peer yet:
+/// it waits the lease out instead of returning when its (incomplete) peer list has acked. The
+/// first version returned at once and B served the token in 6 of 20 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_revoker_does_not_trust_a_peer_list_it_has_not_heard_in_full() {
+    let url = test_support::postgres_database();
+    let lease = Duration::from_millis(300);
+    let b = instance(store(&url, lease).await).await;
+    for _ in 0..8 {
+        let user = Uuid::now_v7();
+        let (token, session) = b.create(NewSession::new(user)).await.unwrap();
+        let token = token.expose();
+        cached_on(&b, &token).await;
+        // A deploy whose first request is a sign-out.
+        let a = instance(store(&url, lease).await).await;
+        let hammering = {
+            let (b, token) = (b.clone(), token.clone());
+            tokio::spawn(async move { served_after(&b, &token, Duration::from_millis(5)).await })
+        };
+        a.revoke(user, session.id, RevocationReason::Logout)
+            .await
+            .unwrap();
+        hammering.await.unwrap();
+        assert_eq!(
+            served_after(&b, &token, Duration::from_millis(50)).await,
+            0,
+            "B served a token that a fresh instance had revoked"
+        );
+    }
+}
+
+/// The wait for a silent peer counts from the end of the commit: a slow commit (a stalled
+/// fsync or synchronous replica, here a deferred trigger that sleeps) must not let a partitioned
+/// peer's lease outlive the revoking call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_does_not_shorten_the_wait_for_a_partitioned_peer() {
+    let url = test_support::postgres_database();
+    let lease = Duration::from_millis(600);
+    let a = instance(store(&url, lease).await).await;
+    let relay = Relay::start(pg_port()).await;
+    let b = instance(
+        store(&url, lease)
+            .await
+            .with_listen_url(&relay.url(&url))
+            .unwrap(),
+    )
+    .await;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON sessions \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.revoked_reason = 'admin') EXECUTE FUNCTION slow_commit();",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    tokio::time::sleep(lease + lease / 4).await;
+    let user = Uuid::now_v7();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let token = token.expose();
+    cached_on(&b, &token).await;
+    let revoking = {
+        let a = a.clone();
+        tokio::spawn(async move { a.revoke(user, session.id, RevocationReason::Admin).await })
+    };
+    // B goes silent while the commit stalls; its last lease started during the stall.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    relay.frozen.send_replace(true);
+    revoking.await.unwrap().unwrap();
+    assert_eq!(
+        served_after(&b, &token, Duration::from_millis(200)).await,
+        0,
+        "B served the token after the revoking call returned"
+    );
+}
+
+/// A second "sign out everywhere" right behind the first finds nothing left to revoke, but must
+/// not return while the first one's revocation may still be served by a silent instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_revoke_all_waits_like_the_first() {
+    let url = test_support::postgres_database();
+    let lease = Duration::from_millis(600);
+    let a = instance(store(&url, lease).await).await;
+    let relay = Relay::start(pg_port()).await;
+    let b = instance(
+        store(&url, lease)
+            .await
+            .with_listen_url(&relay.url(&url))
+            .unwrap(),
+    )
+    .await;
+    tokio::time::sleep(lease + lease / 4).await;
+    let user = Uuid::now_v7();
+    let (token, _) = a.create(NewSession::new(user)).await.unwrap();
+    let token = token.expose();
+    cached_on(&b, &token).await;
+    relay.frozen.send_replace(true);
+    let first = {
+        let a = a.clone();
+        tokio::spawn(async move { a.revoke_all(user, RevocationReason::PasswordReset).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let again = a
+        .revoke_all(user, RevocationReason::PasswordReset)
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "nothing was left to revoke");
+    assert_eq!(
+        served_after(&b, &token, Duration::from_millis(50)).await,
+        0,
+        "B served the token after the second revoke_all returned"
+    );
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+}
+
+/// Two managers on one store (one process, one feed): the revoking call also waits for the
+/// sibling's cache, even while its relay is busy with a large invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_manager_on_the_same_store_drops_the_token_before_revoke_returns() {
+    let url = test_support::postgres_database();
+    let lease = Duration::from_secs(1);
+    let shared = store(&url, lease).await;
+    let config = SessionConfig::builder()
+        .max_sessions_per_user(None)
+        .build()
+        .unwrap();
+    let first = SessionManager::new(shared.clone(), config.clone()).unwrap();
+    let sibling = SessionManager::new(shared, config).unwrap();
+    // Another process (a store without a manager) revokes many sessions at once: their
+    // notifications keep the sibling's relay busy.
+    let other = store(&url, lease).await;
+    let admin = other.pool().clone();
+    let crowd = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, token_hash, device, device_type, created_at, \
+           last_active_at, expires_at) \
+         SELECT gen_random_uuid(), $1, sha256(random()::text::bytea || i::text::bytea), \
+           'Other', 'unknown', now(), now(), now() + interval '1 day' \
+         FROM generate_series(1, 8000) AS i",
+    )
+    .bind(crowd)
+    .execute(other.pool())
+    .await
+    .unwrap();
+    let user = Uuid::now_v7();
+    let (token, session) = first.create(NewSession::new(user)).await.unwrap();
+    let token = token.expose();
+    cached_on(&sibling, &token).await;
+    // Past a lease of listening, the revoker knows its peers and would not wait out the lease.
+    tokio::time::sleep(lease + lease / 4).await;
+    // Committed before the revocation below, so the sibling's relay works through it first.
+    let flood = tokio::spawn(async move {
+        other
+            .revoke_all(
+                crowd,
+                None,
+                RevocationReason::Admin,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+    });
+    common::eventually(Duration::from_secs(10), async || {
+        let revoked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NOT NULL",
+        )
+        .bind(crowd)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        revoked > 0
+    })
+    .await;
+    first
+        .revoke(user, session.id, RevocationReason::RevokedByUser)
+        .await
+        .unwrap();
+    assert!(
+        sibling.validate(&token).await.unwrap().is_none(),
+        "the sibling manager served the token after the revoking call returned"
+    );
+    flood.await.unwrap().unwrap();
 }

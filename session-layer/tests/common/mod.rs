@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod relay;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

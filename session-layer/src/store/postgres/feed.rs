@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::StoreError;
@@ -114,7 +114,11 @@ impl Message {
 struct Pending {
     published_at: Instant,
     /// Set when this instance heard its own notification: the peers still to acknowledge.
+    /// Stays unset when this instance had not listened long enough to know every live peer:
+    /// the revocation then waits out the lease.
     awaiting: Option<HashSet<u64>>,
+    /// Whether the caches of this process (other managers on this store) dropped the hashes.
+    local_done: bool,
 }
 
 #[derive(Default)]
@@ -126,6 +130,9 @@ struct State {
     /// Send times of this instance's recent heartbeats, by number.
     heartbeats: VecDeque<(u64, Instant)>,
     listening: bool,
+    /// When the listener's current connection started listening: a peer is surely known once
+    /// it has listened for a whole lease (every live peer heartbeats four times a lease).
+    listening_since: Option<Instant>,
 }
 
 pub(super) struct Feed {
@@ -227,6 +234,7 @@ impl Feed {
                 Pending {
                     published_at: Instant::now(),
                     awaiting: None,
+                    local_done: false,
                 },
             );
             ticket.seqs.push(seq);
@@ -245,15 +253,14 @@ impl Feed {
     /// hashes, or until their leases must have lapsed.
     pub(super) async fn settle(&self, mut ticket: Ticket) {
         let seqs = std::mem::take(&mut ticket.seqs);
-        let Some(first) = seqs.first() else { return };
-        let published_at = self
-            .state()
-            .pending
-            .get(first)
-            .map_or_else(Instant::now, |p| p.published_at);
-        // The lease of any instance that trusted its cache at the commit began with a heartbeat
-        // sent before it, so one lease after publication (plus scheduling slack) it has lapsed.
-        let deadline = published_at + self.options.lease + margin(self.options.lease);
+        if seqs.is_empty() {
+            return;
+        }
+        // Counted from now, after the commit: the lease of any instance that trusted its cache
+        // when the commit became visible began with a heartbeat sent before it, so one lease
+        // (plus slack) from now it has lapsed, however long the commit took.
+        let committed = Instant::now();
+        let deadline = committed + self.options.lease + margin(self.options.lease);
         let waited = loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
@@ -261,10 +268,9 @@ impl Feed {
             let open = {
                 let state = self.state();
                 seqs.iter().any(|seq| {
-                    state
-                        .pending
-                        .get(seq)
-                        .is_some_and(|p| p.awaiting.as_ref().is_none_or(|a| !a.is_empty()))
+                    state.pending.get(seq).is_some_and(|p| {
+                        !p.local_done || p.awaiting.as_ref().is_none_or(|a| !a.is_empty())
+                    })
                 })
             };
             if !open {
@@ -288,7 +294,7 @@ impl Feed {
             );
         }
         ::metrics::histogram!(metrics::REVOCATION_PROPAGATION_SECONDS)
-            .record(published_at.elapsed().as_secs_f64());
+            .record(committed.elapsed().as_secs_f64());
     }
 
     fn forward(&self, make: impl Fn() -> Invalidation) {
@@ -321,24 +327,42 @@ impl Feed {
                 seq,
                 hashes,
             } if origin == me => {
-                // The caches here drop it at once; the revoking call does so again when it returns.
-                self.forward(|| Invalidation::Tokens {
-                    hashes: hashes.clone(),
-                    ack: Ack::none(),
-                });
+                // Every cache of this process drops the hashes too (other managers on this
+                // store), and the revoking call waits for them as for any instance.
+                let local = self.hand_to_caches(&hashes);
                 let mut state = self.state();
+                let lease = self.options.lease + margin(self.options.lease);
+                let knows_every_peer = state
+                    .listening_since
+                    .is_some_and(|since| since + lease <= Instant::now());
                 let State { peers, pending, .. } = &mut *state;
                 if let Some(pending) = pending.get_mut(&seq) {
-                    let lease = self.options.lease + margin(self.options.lease);
-                    let live = peers
-                        .iter()
-                        .filter(|(_, heard)| **heard + lease > pending.published_at)
-                        .map(|(peer, _)| *peer)
-                        .collect();
-                    pending.awaiting = Some(live);
+                    if knows_every_peer {
+                        let live = peers
+                            .iter()
+                            .filter(|(_, heard)| **heard + lease > pending.published_at)
+                            .map(|(peer, _)| *peer)
+                            .collect();
+                        pending.awaiting = Some(live);
+                    }
+                    pending.local_done = local.is_empty();
                 }
                 drop(state);
                 self.settled.notify_waiters();
+                if !local.is_empty() {
+                    let feed = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        for wait in local {
+                            let _ = wait.await;
+                        }
+                        if let Some(feed) = feed.upgrade() {
+                            if let Some(pending) = feed.state().pending.get_mut(&seq) {
+                                pending.local_done = true;
+                            }
+                            feed.settled.notify_waiters();
+                        }
+                    });
+                }
             }
             Message::Revoked {
                 origin,
@@ -372,14 +396,14 @@ impl Feed {
         }
     }
 
-    /// Hands another instance's revocation to every cache here and acknowledges it once all of
-    /// them dropped the hashes.
-    fn relay_revocation(self: &Arc<Self>, origin: u64, seq: u64, hashes: Vec<TokenHash>) {
+    /// Hands hashes to every cache of this process; the receivers resolve once each dropped
+    /// them (or is gone).
+    fn hand_to_caches(&self, hashes: &[TokenHash]) -> Vec<oneshot::Receiver<()>> {
         let mut waits = Vec::new();
         self.state().subscribers.retain(|subscriber| {
             let (ack, wait) = Ack::channel();
             let sent = subscriber.send(Invalidation::Tokens {
-                hashes: hashes.clone(),
+                hashes: hashes.to_vec(),
                 ack,
             });
             if sent.is_ok() {
@@ -387,6 +411,13 @@ impl Feed {
             }
             sent.is_ok()
         });
+        waits
+    }
+
+    /// Hands another instance's revocation to every cache here and acknowledges it once all of
+    /// them dropped the hashes.
+    fn relay_revocation(self: &Arc<Self>, origin: u64, seq: u64, hashes: Vec<TokenHash>) {
+        let waits = self.hand_to_caches(&hashes);
         if waits.is_empty() {
             // No cache here: nothing to drop, and nobody waits for this instance.
             return;
@@ -410,9 +441,10 @@ impl Drop for Feed {
     fn drop(&mut self) {
         // The last handle of the store is gone (with its manager): say goodbye, so that no
         // revocation elsewhere waits out this instance's lease. Best effort: without a runtime
-        // the others wait one lease, as for a crash.
-        let said = !self.state().subscribers.is_empty();
-        if said && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // the others wait one lease, as for a crash. Others count this instance as a peer once
+        // it has sent a heartbeat.
+        let announced = !self.state().heartbeats.is_empty();
+        if announced && let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (pool, me) = (self.pool.clone(), self.instance);
             runtime.spawn(async move { notify(&pool, &format!("b {me:x}")).await });
         }
@@ -546,7 +578,10 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
         };
         backoff = MIN_BACKOFF;
         match feed.upgrade() {
-            Some(feed) => feed.forward(|| Invalidation::FeedRestored),
+            Some(feed) => {
+                feed.state().listening_since = Some(Instant::now());
+                feed.forward(|| Invalidation::FeedRestored);
+            }
             None => return,
         }
         loop {
@@ -565,6 +600,7 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
                     tracing::warn!(
                         "session invalidation listener lost its connection; reconnecting"
                     );
+                    feed.state().listening_since = None;
                     feed.forward(|| Invalidation::FeedLost);
                     break;
                 }

@@ -509,7 +509,24 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
-        let ticket = self.feed.publish(&mut tx, &hashes, OP).await?;
+        // A revocation of the same sessions that committed moments ago may still be waiting
+        // for a silent instance's lease: publish those hashes again, so that this call, too,
+        // returns only once every instance dropped them (a repeated "sign out everywhere").
+        let recent = sqlx::query(
+            "SELECT token_hash FROM sessions \
+             WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at >= $3",
+        )
+        .bind(user_id)
+        .bind(except)
+        .bind(now - self.feed.lease() * 2)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
+        let mut published = hashes_from_rows(&recent, OP)?;
+        published.extend(hashes.iter().copied());
+        published.sort_unstable_by_key(|hash| *hash.as_bytes());
+        published.dedup();
+        let ticket = self.feed.publish(&mut tx, &published, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         self.feed.settle(ticket).await;
         Ok(hashes)
