@@ -62,7 +62,7 @@ impl<U: UserId> ActivityLog<U> {
     ) -> Arc<LastUse> {
         let sessions = self
             .users
-            .get_with(user_id, async { Sessions::default() })
+            .get_with_by_ref(user_id, async { Sessions::default() })
             .await;
         let mut sessions = lock(&sessions);
         sessions.retain(|(id, used)| {
@@ -87,11 +87,11 @@ impl<U: UserId> ActivityLog<U> {
     /// `except`.
     pub(crate) async fn forget(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         sessions: Option<&[Uuid]>,
         except: Option<Uuid>,
     ) {
-        if let Some(records) = self.users.get(&user_id).await {
+        if let Some(records) = self.users.get(user_id).await {
             lock(&records).retain(|(id, _)| match sessions {
                 Some(revoked) => !revoked.contains(id),
                 None => Some(*id) == except,

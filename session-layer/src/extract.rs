@@ -157,6 +157,22 @@ impl<U: std::fmt::Debug + Clone> std::fmt::Debug for CurrentSession<U> {
     }
 }
 
+/// Marker the layer leaves with every session it authenticated, whatever the user id type: the
+/// [`CrossSiteGuard`](crate::CrossSiteGuard) reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Authenticated(pub(crate) Transport);
+
+/// Puts the session the layer found into the request.
+pub(crate) fn authenticated<B, U: Clone + Send + Sync + 'static>(
+    request: &mut http::Request<B>,
+    entry: Arc<SessionEntry<U>>,
+    transport: Transport,
+) {
+    let extensions = request.extensions_mut();
+    extensions.insert(Authenticated(transport));
+    extensions.insert(CurrentSession::new(entry, transport));
+}
+
 /// Marker the layer leaves when the store could not be asked: the extractor answers 503.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionUnavailable;

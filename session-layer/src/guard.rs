@@ -46,7 +46,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extract::{CurrentSession, Transport};
+use crate::extract::{Authenticated, Transport};
 
 const FORBIDDEN_BODY: &str = r#"{"error":"forbidden_origin","message":"this request came from another site; send it from the app's own pages"}"#;
 
@@ -175,8 +175,8 @@ fn is_forged<B>(request: &Request<B>, allowed: &[HeaderValue]) -> bool {
     );
     let bearer = request
         .extensions()
-        .get::<CurrentSession>()
-        .is_some_and(|session| session.transport() == Transport::Bearer);
+        .get::<Authenticated>()
+        .is_some_and(|Authenticated(transport)| *transport == Transport::Bearer);
     !safe && !bearer && from_another_site(request.headers(), allowed)
 }
 

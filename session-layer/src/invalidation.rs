@@ -11,11 +11,12 @@ use crate::cache::SessionCache;
 use crate::clock::{Clock, duration_us};
 use crate::metrics;
 use crate::store::Invalidation;
+use crate::user_id::UserId;
 
 /// Starts relaying `feed` into `cache` on the current runtime; it stops when the returned
 /// sender is dropped, the cache is gone, or the feed ends.
-pub(crate) fn spawn_relay(
-    cache: &Arc<SessionCache>,
+pub(crate) fn spawn_relay<U: UserId>(
+    cache: &Arc<SessionCache<U>>,
     clock: Clock,
     feed: mpsc::UnboundedReceiver<Invalidation>,
 ) -> oneshot::Sender<()> {
@@ -24,8 +25,8 @@ pub(crate) fn spawn_relay(
     stop
 }
 
-async fn relay(
-    cache: Weak<SessionCache>,
+async fn relay<U: UserId>(
+    cache: Weak<SessionCache<U>>,
     clock: Clock,
     mut feed: mpsc::UnboundedReceiver<Invalidation>,
     mut stop: oneshot::Receiver<()>,

@@ -1,5 +1,6 @@
 //! [`SessionManager`]: create, validate, rotate, list, revoke, clean up.
 
+use std::borrow::Borrow;
 use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::session::{RevocationReason, Session};
 use crate::store::{Fence, Inserted, Liveness, MAX_DEVICE_NAME_LEN, SessionInsert, SessionStore};
 use crate::token::{SessionToken, TokenHash};
 use crate::touch::{TouchSender, spawn_writer};
+use crate::user_id::UserId;
 use crate::validate::{Cached, Checked, Judging, Validator};
 
 /// What is known about a sign-in when its session is created.
@@ -37,17 +39,17 @@ use crate::validate::{Cached, Checked, Judging, Validator};
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct NewSession {
-    user_id: Uuid,
+pub struct NewSession<U = Uuid> {
+    user_id: U,
     user_agent: Option<String>,
     ip_address: Option<IpAddr>,
     device_name: Option<String>,
     fence: Option<Fence>,
 }
 
-impl NewSession {
+impl<U> NewSession<U> {
     /// A sign-in of `user_id` with nothing known about the device.
-    pub fn new(user_id: Uuid) -> Self {
+    pub fn new(user_id: U) -> Self {
         Self {
             user_id,
             user_agent: None,
@@ -102,22 +104,32 @@ impl NewSession {
 /// Background work (batched `last_active_at` writes, cross-instance invalidation) runs on the
 /// Tokio runtime that [`new`](Self::new) is called from. Call [`shutdown`](Self::shutdown)
 /// before the process exits so pending activity is written.
-#[derive(Clone)]
-pub struct SessionManager {
-    inner: Arc<Inner>,
+///
+/// With another user id type than [`Uuid`] (see [`UserId`]), it is `SessionManager<YourId>`,
+/// built over a store of that type.
+pub struct SessionManager<U: UserId = Uuid> {
+    inner: Arc<Inner<U>>,
 }
 
-struct Inner {
-    store: Arc<dyn SessionStore>,
+impl<U: UserId> Clone for SessionManager<U> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<U: UserId> {
+    store: Arc<dyn SessionStore<U>>,
     config: SessionConfig,
-    validator: Validator,
+    validator: Validator<U>,
     touches: TouchSender,
     counters: metrics::Counters,
     /// Dropped with the manager, which stops the invalidation relay.
     _stop_relay: Option<oneshot::Sender<()>>,
 }
 
-impl std::fmt::Debug for SessionManager {
+impl<U: UserId> std::fmt::Debug for SessionManager<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionManager")
             .field("config", &self.inner.config)
@@ -126,13 +138,13 @@ impl std::fmt::Debug for SessionManager {
     }
 }
 
-impl SessionManager {
+impl<U: UserId> SessionManager<U> {
     /// Builds the manager over `store`. Run the store's migrations first.
     ///
     /// # Errors
     ///
     /// [`Error::NoRuntime`] when called outside a Tokio runtime.
-    pub fn new(store: impl SessionStore, config: SessionConfig) -> Result<Self, Error> {
+    pub fn new(store: impl SessionStore<U>, config: SessionConfig) -> Result<Self, Error> {
         Self::from_arc(Arc::new(store), config)
     }
 
@@ -141,7 +153,7 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`Error::NoRuntime`] when called outside a Tokio runtime.
-    pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Result<Self, Error> {
+    pub fn from_arc(store: Arc<dyn SessionStore<U>>, config: SessionConfig) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let touches = spawn_writer(Arc::clone(&store), config.touch_flush_interval);
         let feed = store.subscribe();
@@ -209,8 +221,10 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`Error::Store`] when the store fails.
-    pub async fn fence(&self, user_id: Uuid) -> Result<Fence, Error> {
-        Ok(self.store_call(self.inner.store.fence(user_id)).await?)
+    pub async fn fence(&self, user_id: impl Borrow<U>) -> Result<Fence, Error> {
+        Ok(self
+            .store_call(self.inner.store.fence(user_id.borrow()))
+            .await?)
     }
 
     /// Signs a user in: issues a token and stores its session. When the user would hold more
@@ -225,12 +239,12 @@ impl SessionManager {
     /// [`Error::Fenced`] when the sign-in carried a fence that a revocation of all the user's
     /// sessions has passed; [`Error::Store`] when the store fails (no session was created);
     /// [`Error::Token`] when the OS random source fails.
-    pub async fn create(&self, new: NewSession) -> Result<(SessionToken, Session), Error> {
+    pub async fn create(&self, new: NewSession<U>) -> Result<(SessionToken, Session<U>), Error> {
         let this = self.clone();
         run_to_end(async move { this.create_now(new).await }).await
     }
 
-    async fn create_now(&self, new: NewSession) -> Result<(SessionToken, Session), Error> {
+    async fn create_now(&self, new: NewSession<U>) -> Result<(SessionToken, Session<U>), Error> {
         let token = SessionToken::generate()?;
         let now = self.now();
         let device = DeviceInfo::from_user_agent(new.user_agent.as_deref());
@@ -255,7 +269,7 @@ impl SessionManager {
                 self.inner
                     .validator
                     .activity()
-                    .recent(new.user_id, now_us)
+                    .recent(&session.user_id, now_us)
                     .await
             }
             None => Vec::new(),
@@ -293,18 +307,24 @@ impl SessionManager {
     ///
     /// [`Error::RotationConflict`] when the token was already rotated, or the session ended;
     /// [`Error::Store`] when the store fails.
-    pub async fn rotate(&self, current: &CurrentSession) -> Result<(SessionToken, Session), Error> {
+    pub async fn rotate(
+        &self,
+        current: &CurrentSession<U>,
+    ) -> Result<(SessionToken, Session<U>), Error> {
         let (this, current) = (self.clone(), current.clone());
         run_to_end(async move { this.rotate_now(&current).await }).await
     }
 
-    async fn rotate_now(&self, current: &CurrentSession) -> Result<(SessionToken, Session), Error> {
+    async fn rotate_now(
+        &self,
+        current: &CurrentSession<U>,
+    ) -> Result<(SessionToken, Session<U>), Error> {
         let new = SessionToken::generate()?;
         let old = current.token_hash();
         let new_hash = new.hash();
         let rotated = self
             .store_call(self.inner.store.rotate(
-                current.user_id(),
+                &current.user_id(),
                 current.session_id(),
                 &old,
                 &new_hash,
@@ -327,12 +347,12 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`Error::Store`] when the store fails.
-    pub async fn list(&self, user_id: Uuid) -> Result<Vec<Session>, Error> {
+    pub async fn list(&self, user_id: impl Borrow<U>) -> Result<Vec<Session<U>>, Error> {
         Ok(self
             .store_call(
                 self.inner
                     .store
-                    .list_active(user_id, self.liveness(self.now())),
+                    .list_active(user_id.borrow(), self.liveness(self.now())),
             )
             .await?)
     }
@@ -346,17 +366,17 @@ impl SessionManager {
     /// [`Error::Store`] when the store fails.
     pub async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: impl Borrow<U>,
         session_id: Uuid,
         reason: RevocationReason,
     ) -> Result<(), Error> {
-        let this = self.clone();
+        let (this, user_id) = (self.clone(), user_id.borrow().clone());
         run_to_end(async move {
             let revoked = this
                 .store_call(
                     this.inner
                         .store
-                        .revoke(user_id, session_id, reason, this.now()),
+                        .revoke(&user_id, session_id, reason, this.now()),
                 )
                 .await?;
             let hash = revoked.ok_or(Error::SessionNotFound)?;
@@ -364,7 +384,7 @@ impl SessionManager {
             this.inner
                 .validator
                 .activity()
-                .forget(user_id, Some(&[session_id]), None)
+                .forget(&user_id, Some(&[session_id]), None)
                 .await;
             Ok(())
         })
@@ -380,7 +400,7 @@ impl SessionManager {
     /// [`Error::Store`] when the store fails.
     pub async fn revoke_others(
         &self,
-        current: &CurrentSession,
+        current: &CurrentSession<U>,
         reason: RevocationReason,
     ) -> Result<u64, Error> {
         self.revoke_all_except(current.user_id(), Some(current.session_id()), reason)
@@ -393,13 +413,18 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`Error::Store`] when the store fails.
-    pub async fn revoke_all(&self, user_id: Uuid, reason: RevocationReason) -> Result<u64, Error> {
-        self.revoke_all_except(user_id, None, reason).await
+    pub async fn revoke_all(
+        &self,
+        user_id: impl Borrow<U>,
+        reason: RevocationReason,
+    ) -> Result<u64, Error> {
+        self.revoke_all_except(user_id.borrow().clone(), None, reason)
+            .await
     }
 
     async fn revoke_all_except(
         &self,
-        user_id: Uuid,
+        user_id: U,
         except: Option<Uuid>,
         reason: RevocationReason,
     ) -> Result<u64, Error> {
@@ -409,14 +434,14 @@ impl SessionManager {
                 .store_call(
                     this.inner
                         .store
-                        .revoke_all(user_id, except, reason, this.now()),
+                        .revoke_all(&user_id, except, reason, this.now()),
                 )
                 .await?;
             this.forget(&hashes, reason).await;
             this.inner
                 .validator
                 .activity()
-                .forget(user_id, None, except)
+                .forget(&user_id, None, except)
                 .await;
             Ok(u64::try_from(hashes.len()).unwrap_or(u64::MAX))
         })
@@ -496,7 +521,7 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`Error::Store`] when the store cannot be reached on a cache miss: fail closed.
-    pub async fn validate(&self, token: &str) -> Result<Option<CurrentSession>, Error> {
+    pub async fn validate(&self, token: &str) -> Result<Option<CurrentSession<U>>, Error> {
         let Ok(hash) = TokenHash::from_encoded(token) else {
             return Ok(None);
         };
@@ -509,7 +534,7 @@ impl SessionManager {
     }
 
     /// The layer's hot path: what memory alone says about `hash`.
-    pub(crate) fn authenticate_cached(&self, hash: &TokenHash) -> Cached {
+    pub(crate) fn authenticate_cached(&self, hash: &TokenHash) -> Cached<U> {
         self.inner.validator.cached(hash)
     }
 
@@ -522,7 +547,7 @@ impl SessionManager {
     pub(crate) async fn authenticate(
         &self,
         hash: TokenHash,
-    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
+    ) -> Result<Option<Arc<SessionEntry<U>>>, StoreError> {
         let this = self.clone();
         match tokio::spawn(async move { this.authenticate_here(hash).await }).await {
             Ok(result) => result,
@@ -537,7 +562,7 @@ impl SessionManager {
     async fn authenticate_here(
         &self,
         hash: TokenHash,
-    ) -> Result<Option<Arc<SessionEntry>>, StoreError> {
+    ) -> Result<Option<Arc<SessionEntry<U>>>, StoreError> {
         match self.inner.validator.check(hash).await {
             Checked::Valid(entry) => Ok(Some(entry)),
             Checked::Invalid => Ok(None),
@@ -554,7 +579,7 @@ impl SessionManager {
     }
 
     /// A rotated-out token came back: whoever holds it copied it. End the session everywhere.
-    async fn revoke_reused(&self, session: &Session) {
+    async fn revoke_reused(&self, session: &Session<U>) {
         if session.revoked_at.is_some() {
             return;
         }
@@ -565,7 +590,7 @@ impl SessionManager {
             "rotated-out session token presented again; revoking the session"
         );
         match self
-            .revoke(session.user_id, session.id, RevocationReason::TokenReuse)
+            .revoke(&session.user_id, session.id, RevocationReason::TokenReuse)
             .await
         {
             // Revoked meanwhile by something else: the outcome is the same.
@@ -576,7 +601,7 @@ impl SessionManager {
         }
     }
 
-    fn cache(&self) -> &SessionCache {
+    fn cache(&self) -> &SessionCache<U> {
         self.inner.validator.cache()
     }
 

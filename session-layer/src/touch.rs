@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::clock::from_us;
 use crate::metrics;
 use crate::store::SessionStore;
+use crate::user_id::UserId;
 
 /// Pending touches beyond which a batch is written before the next tick.
 const BATCH_LIMIT: usize = 1_000;
@@ -46,14 +47,17 @@ impl TouchSender {
 }
 
 /// Starts the writer task on the current Tokio runtime.
-pub(crate) fn spawn_writer(store: Arc<dyn SessionStore>, every: Duration) -> TouchSender {
+pub(crate) fn spawn_writer<U: UserId>(
+    store: Arc<dyn SessionStore<U>>,
+    every: Duration,
+) -> TouchSender {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(store, rx, every));
     TouchSender(tx)
 }
 
-async fn run(
-    store: Arc<dyn SessionStore>,
+async fn run<U: UserId>(
+    store: Arc<dyn SessionStore<U>>,
     mut rx: mpsc::UnboundedReceiver<Message>,
     every: Duration,
 ) {
@@ -85,7 +89,7 @@ async fn run(
     }
 }
 
-async fn write(store: &dyn SessionStore, pending: &mut HashMap<Uuid, i64>) {
+async fn write<U: UserId>(store: &dyn SessionStore<U>, pending: &mut HashMap<Uuid, i64>) {
     if pending.is_empty() {
         return;
     }

@@ -119,6 +119,7 @@ impl UserId for String {
 }
 
 /// A stable 64-bit digest of a user id (PostgreSQL advisory lock keys).
+#[cfg(feature = "postgres")]
 pub(crate) fn digest<U: UserId>(user_id: &U) -> i64 {
     use sha2::Digest as _;
     let mut hasher = sha2::Sha256::new();

@@ -378,7 +378,7 @@ async fn a_sibling_manager_on_the_same_store_drops_the_token_before_revoke_retur
     let flood = tokio::spawn(async move {
         other
             .revoke_all(
-                crowd,
+                &crowd,
                 None,
                 RevocationReason::Admin,
                 time::OffsetDateTime::now_utc(),

@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use session_layer::store::{Inserted, Liveness, SessionInsert, TokenMatch};
+use common::TestUser;
 use session_layer::{
-    DeviceType, Fence, RevocationReason, Session, SessionStore, SessionToken, StoreError, TokenHash,
+    DeviceType, Fence, UserId, RevocationReason, Session, SessionStore, SessionToken, StoreError, TokenHash,
 };
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -24,10 +25,10 @@ fn live(now: OffsetDateTime) -> Liveness {
     }
 }
 
-fn session(user_id: Uuid, created_at: OffsetDateTime) -> Session {
+fn session<U: UserId>(user_id: &U, created_at: OffsetDateTime) -> Session<U> {
     Session {
         id: Uuid::now_v7(),
-        user_id,
+        user_id: user_id.clone(),
         device: "Chrome on Windows".into(),
         device_type: DeviceType::Desktop,
         device_name: Some("Work laptop".into()),
@@ -46,7 +47,7 @@ fn hash() -> TokenHash {
 }
 
 /// The stored session behind a hash that must exist.
-async fn stored(store: &dyn SessionStore, hash: &TokenHash) -> Session {
+async fn stored<U: UserId>(store: &dyn SessionStore<U>, hash: &TokenHash) -> Session<U> {
     store
         .find_by_token(hash)
         .await
@@ -56,9 +57,9 @@ async fn stored(store: &dyn SessionStore, hash: &TokenHash) -> Session {
 }
 
 /// Inserts `s` under `h` with no checks beyond the optional limit and fence.
-async fn insert_as(
-    store: &dyn SessionStore,
-    s: &Session,
+async fn insert_as<U: UserId>(
+    store: &dyn SessionStore<U>,
+    s: &Session<U>,
     h: &TokenHash,
     max_active: Option<u32>,
     fence: Option<Fence>,
@@ -77,9 +78,9 @@ async fn insert_as(
 }
 
 /// Inserts `s` with a limit; returns the evicted hashes.
-async fn insert_limited(
-    store: &dyn SessionStore,
-    s: &Session,
+async fn insert_limited<U: UserId>(
+    store: &dyn SessionStore<U>,
+    s: &Session<U>,
     max: u32,
     recent: &[(Uuid, OffsetDateTime)],
 ) -> Vec<TokenHash> {
@@ -92,22 +93,22 @@ async fn insert_limited(
     }
 }
 
-async fn insert(store: &dyn SessionStore, s: &Session) -> TokenHash {
+async fn insert<U: UserId>(store: &dyn SessionStore<U>, s: &Session<U>) -> TokenHash {
     let h = hash();
     let inserted = insert_as(store, s, &h, None, None, &[]).await.unwrap();
     assert_eq!(inserted, Inserted::Created { evicted: vec![] });
     h
 }
 
-async fn inserted_session_is_found_by_its_hash_with_every_field(store: Arc<dyn SessionStore>) {
-    let mut s = session(Uuid::now_v7(), base());
+async fn inserted_session_is_found_by_its_hash_with_every_field<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let mut s = session(&U::fresh(), base());
     s.ip_address = Some("2001:db8::1".parse::<IpAddr>().unwrap());
     let h = insert(&*store, &s).await;
     let found = store.find_by_token(&h).await.unwrap().unwrap();
     assert_eq!(found.matched, TokenMatch::Current);
     assert_eq!(found.session, s);
 
-    let mut bare = session(Uuid::now_v7(), base());
+    let mut bare = session(&U::fresh(), base());
     bare.device_name = None;
     bare.user_agent = None;
     bare.ip_address = None;
@@ -118,24 +119,24 @@ async fn inserted_session_is_found_by_its_hash_with_every_field(store: Arc<dyn S
     assert!(store.find_by_token(&hash()).await.unwrap().is_none());
 }
 
-async fn duplicate_token_hash_is_rejected(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
-    let h = insert(&*store, &session(user, base())).await;
-    let again = insert_as(&*store, &session(user, base()), &h, None, None, &[]).await;
+async fn duplicate_token_hash_is_rejected<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
+    let h = insert(&*store, &session(&user, base())).await;
+    let again = insert_as(&*store, &session(&user, base()), &h, None, None, &[]).await;
     assert!(again.is_err());
 }
 
 /// Finding 1 at the store level: every hash a session rotated out stays known as retired, not
 /// only the last one.
-async fn every_rotated_out_hash_stays_in_the_family(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn every_rotated_out_hash_stays_in_the_family<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let mut family = vec![insert(&*store, &s).await];
     for _ in 0..3 {
         let new = hash();
         let current = *family.last().unwrap();
         assert!(
             store
-                .rotate(s.user_id, s.id, &current, &new, live(base()))
+                .rotate(&s.user_id, s.id, &current, &new, live(base()))
                 .await
                 .unwrap()
                 .is_some()
@@ -154,13 +155,13 @@ async fn every_rotated_out_hash_stays_in_the_family(store: Arc<dyn SessionStore>
     }
 }
 
-async fn fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing(
-    store: Arc<dyn SessionStore>,
+async fn fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
 ) {
-    let user = Uuid::now_v7();
-    let initial = store.fence(user).await.unwrap();
+    let user = U::fresh();
+    let initial = store.fence(&user).await.unwrap();
     assert_eq!(initial, Fence::INITIAL);
-    let first = session(user, base());
+    let first = session(&user, base());
     let h = hash();
     let inserted = insert_as(&*store, &first, &h, Some(10), Some(initial), &[])
         .await
@@ -169,21 +170,21 @@ async fn fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing(
     // "Sign out everywhere else" advances the fence too.
     store
         .revoke_all(
-            user,
+            &user,
             Some(first.id),
             RevocationReason::PasswordChange,
             base(),
         )
         .await
         .unwrap();
-    let advanced = store.fence(user).await.unwrap();
+    let advanced = store.fence(&user).await.unwrap();
     assert!(advanced > initial);
     assert_eq!(
-        store.fence(Uuid::now_v7()).await.unwrap(),
+        store.fence(&U::fresh()).await.unwrap(),
         Fence::INITIAL,
         "fences are per user"
     );
-    let late = session(user, base());
+    let late = session(&user, base());
     let late_hash = hash();
     let refused = insert_as(&*store, &late, &late_hash, Some(10), Some(initial), &[])
         .await
@@ -196,12 +197,12 @@ async fn fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing(
     assert_eq!(current, Inserted::Created { evicted: vec![] });
 }
 
-async fn rotation_keeps_the_old_hash_as_previous(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn rotation_keeps_the_old_hash_as_previous<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let old = insert(&*store, &s).await;
     let new = hash();
     let rotated = store
-        .rotate(s.user_id, s.id, &old, &new, live(base()))
+        .rotate(&s.user_id, s.id, &old, &new, live(base()))
         .await
         .unwrap()
         .unwrap();
@@ -218,22 +219,22 @@ async fn rotation_keeps_the_old_hash_as_previous(store: Arc<dyn SessionStore>) {
     // The stale hash cannot rotate again.
     assert!(
         store
-            .rotate(s.user_id, s.id, &old, &hash(), live(base()))
+            .rotate(&s.user_id, s.id, &old, &hash(), live(base()))
             .await
             .unwrap()
             .is_none()
     );
 }
 
-async fn concurrent_rotations_of_one_token_have_exactly_one_winner(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn concurrent_rotations_of_one_token_have_exactly_one_winner<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let old = insert(&*store, &s).await;
     let attempts = (0..8).map(|_| {
         let store = Arc::clone(&store);
         let s = s.clone();
         tokio::spawn(async move {
             store
-                .rotate(s.user_id, s.id, &old, &hash(), live(base()))
+                .rotate(&s.user_id, s.id, &old, &hash(), live(base()))
                 .await
                 .unwrap()
                 .is_some()
@@ -246,13 +247,13 @@ async fn concurrent_rotations_of_one_token_have_exactly_one_winner(store: Arc<dy
     assert_eq!(winners, 1);
 }
 
-async fn rotation_checks_owner_and_liveness(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn rotation_checks_owner_and_liveness<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let h = insert(&*store, &s).await;
-    let stranger = Uuid::now_v7();
+    let stranger = U::fresh();
     assert!(
         store
-            .rotate(stranger, s.id, &h, &hash(), live(base()))
+            .rotate(&stranger, s.id, &h, &hash(), live(base()))
             .await
             .unwrap()
             .is_none()
@@ -260,51 +261,51 @@ async fn rotation_checks_owner_and_liveness(store: Arc<dyn SessionStore>) {
     let after_expiry = s.expires_at + Duration::seconds(1);
     assert!(
         store
-            .rotate(s.user_id, s.id, &h, &hash(), live(after_expiry))
+            .rotate(&s.user_id, s.id, &h, &hash(), live(after_expiry))
             .await
             .unwrap()
             .is_none()
     );
     store
-        .revoke(s.user_id, s.id, RevocationReason::Logout, base())
+        .revoke(&s.user_id, s.id, RevocationReason::Logout, base())
         .await
         .unwrap();
     assert!(
         store
-            .rotate(s.user_id, s.id, &h, &hash(), live(base()))
+            .rotate(&s.user_id, s.id, &h, &hash(), live(base()))
             .await
             .unwrap()
             .is_none()
     );
 }
 
-async fn list_shows_only_the_users_live_sessions_most_recent_first(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
+async fn list_shows_only_the_users_live_sessions_most_recent_first<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
     let now = base();
-    let older = session(user, now - Duration::hours(3));
-    let mut recent = session(user, now - Duration::hours(2));
+    let older = session(&user, now - Duration::hours(3));
+    let mut recent = session(&user, now - Duration::hours(2));
     recent.last_active_at = now - Duration::minutes(1);
-    let middle = session(user, now - Duration::hours(1));
+    let middle = session(&user, now - Duration::hours(1));
     for s in [&older, &recent, &middle] {
         insert(&*store, s).await;
     }
-    let mut revoked = session(user, now - Duration::hours(1));
+    let mut revoked = session(&user, now - Duration::hours(1));
     revoked.last_active_at = now;
     insert(&*store, &revoked).await;
     store
-        .revoke(user, revoked.id, RevocationReason::Logout, now)
+        .revoke(&user, revoked.id, RevocationReason::Logout, now)
         .await
         .unwrap();
-    let mut expired = session(user, now - Duration::days(8));
+    let mut expired = session(&user, now - Duration::days(8));
     expired.last_active_at = now - Duration::hours(20);
     insert(&*store, &expired).await;
-    let mut idle = session(user, now - Duration::days(3));
+    let mut idle = session(&user, now - Duration::days(3));
     idle.last_active_at = now - Duration::days(2);
     insert(&*store, &idle).await;
-    insert(&*store, &session(Uuid::now_v7(), now)).await;
+    insert(&*store, &session(&U::fresh(), now)).await;
 
     let ids: Vec<Uuid> = store
-        .list_active(user, live(now))
+        .list_active(&user, live(now))
         .await
         .unwrap()
         .iter()
@@ -313,13 +314,13 @@ async fn list_shows_only_the_users_live_sessions_most_recent_first(store: Arc<dy
     assert_eq!(ids, [recent.id, middle.id, older.id]);
 }
 
-async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn revoke_is_scoped_to_the_owner_and_happens_once<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let h = insert(&*store, &s).await;
-    let stranger = Uuid::now_v7();
+    let stranger = U::fresh();
     assert_eq!(
         store
-            .revoke(stranger, s.id, RevocationReason::RevokedByUser, base())
+            .revoke(&stranger, s.id, RevocationReason::RevokedByUser, base())
             .await
             .unwrap(),
         None
@@ -328,7 +329,7 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
     let later = base() + Duration::seconds(5);
     assert_eq!(
         store
-            .revoke(s.user_id, s.id, RevocationReason::RevokedByUser, later)
+            .revoke(&s.user_id, s.id, RevocationReason::RevokedByUser, later)
             .await
             .unwrap(),
         Some(h)
@@ -338,7 +339,7 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
     assert_eq!(found.revoked_reason, Some(RevocationReason::RevokedByUser));
     assert_eq!(
         store
-            .revoke(s.user_id, s.id, RevocationReason::Logout, later)
+            .revoke(&s.user_id, s.id, RevocationReason::Logout, later)
             .await
             .unwrap(),
         None
@@ -350,16 +351,16 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once(store: Arc<dyn SessionSt
     );
 }
 
-async fn revoke_all_spares_the_excepted_session_and_other_users(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
-    let keep = session(user, base());
+async fn revoke_all_spares_the_excepted_session_and_other_users<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
+    let keep = session(&user, base());
     let keep_hash = insert(&*store, &keep).await;
-    let a = insert(&*store, &session(user, base())).await;
-    let b = insert(&*store, &session(user, base())).await;
-    let other = insert(&*store, &session(Uuid::now_v7(), base())).await;
+    let a = insert(&*store, &session(&user, base())).await;
+    let b = insert(&*store, &session(&user, base())).await;
+    let other = insert(&*store, &session(&U::fresh(), base())).await;
     let mut revoked = store
         .revoke_all(
-            user,
+            &user,
             Some(keep.id),
             RevocationReason::PasswordChange,
             base(),
@@ -374,26 +375,26 @@ async fn revoke_all_spares_the_excepted_session_and_other_users(store: Arc<dyn S
         assert!(stored(&*store, &h).await.revoked_at.is_none());
     }
     let all = store
-        .revoke_all(user, None, RevocationReason::PasswordReset, base())
+        .revoke_all(&user, None, RevocationReason::PasswordReset, base())
         .await
         .unwrap();
     assert_eq!(all, vec![keep_hash]);
 }
 
-async fn session_limit_revokes_the_least_recently_active(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
+async fn session_limit_revokes_the_least_recently_active<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
     let now = base();
-    let mut first = session(user, now - Duration::hours(3));
+    let mut first = session(&user, now - Duration::hours(3));
     first.last_active_at = now - Duration::minutes(1);
     // Ties on last_active_at: the older session counts as less recently active.
-    let second = session(user, now - Duration::hours(2));
-    let mut tied_newer = session(user, now - Duration::hours(1));
+    let second = session(&user, now - Duration::hours(2));
+    let mut tied_newer = session(&user, now - Duration::hours(1));
     tied_newer.last_active_at = second.last_active_at;
     let h_first = insert(&*store, &first).await;
     let h_second = insert(&*store, &second).await;
     let h_tied = insert(&*store, &tied_newer).await;
 
-    let newest = session(user, now);
+    let newest = session(&user, now);
     let evicted = insert_limited(&*store, &newest, 3, &[]).await;
     assert_eq!(evicted, vec![h_second]);
     let gone = stored(&*store, &h_second).await;
@@ -401,21 +402,21 @@ async fn session_limit_revokes_the_least_recently_active(store: Arc<dyn SessionS
     for h in [h_first, h_tied] {
         assert!(stored(&*store, &h).await.revoked_at.is_none());
     }
-    let evicted = insert_limited(&*store, &session(user, now), 1, &[]).await;
+    let evicted = insert_limited(&*store, &session(&user, now), 1, &[]).await;
     assert_eq!(evicted.len(), 3);
-    assert_eq!(store.list_active(user, live(now)).await.unwrap().len(), 1);
+    assert_eq!(store.list_active(&user, live(now)).await.unwrap().len(), 1);
 }
 
 /// Finding 5 at the store level: uses seen only in memory decide the eviction.
-async fn session_limit_counts_activity_not_yet_written(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
+async fn session_limit_counts_activity_not_yet_written<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
     let now = base();
-    let used = session(user, now - Duration::hours(2));
-    let idle = session(user, now - Duration::hours(1));
+    let used = session(&user, now - Duration::hours(2));
+    let idle = session(&user, now - Duration::hours(1));
     let h_used = insert(&*store, &used).await;
     let h_idle = insert(&*store, &idle).await;
     let recent = [(used.id, now - Duration::seconds(5))];
-    let evicted = insert_limited(&*store, &session(user, now), 2, &recent).await;
+    let evicted = insert_limited(&*store, &session(&user, now), 2, &recent).await;
     assert_eq!(evicted, vec![h_idle]);
     assert!(stored(&*store, &h_used).await.revoked_at.is_none());
     assert_eq!(
@@ -424,8 +425,8 @@ async fn session_limit_counts_activity_not_yet_written(store: Arc<dyn SessionSto
     );
 }
 
-async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn SessionStore>) {
-    let s = session(Uuid::now_v7(), base());
+async fn touch_only_moves_last_active_forward_on_live_sessions<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let s = session(&U::fresh(), base());
     let h = insert(&*store, &s).await;
     let later = base() + Duration::seconds(90);
     store
@@ -440,7 +441,7 @@ async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn Se
     store.touch(&[(s.id, base())]).await.unwrap();
     assert_eq!(stored(&*store, &h).await.last_active_at, later);
     store
-        .revoke(s.user_id, s.id, RevocationReason::Logout, later)
+        .revoke(&s.user_id, s.id, RevocationReason::Logout, later)
         .await
         .unwrap();
     store
@@ -451,26 +452,26 @@ async fn touch_only_moves_last_active_forward_on_live_sessions(store: Arc<dyn Se
     store.touch(&[]).await.unwrap();
 }
 
-async fn cleanup_deletes_expired_and_long_revoked_rows_only(store: Arc<dyn SessionStore>) {
-    let user = Uuid::now_v7();
+async fn cleanup_deletes_expired_and_long_revoked_rows_only<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+    let user = U::fresh();
     let now = base();
-    let live_one = insert(&*store, &session(user, now)).await;
-    let expired = insert(&*store, &session(user, now - Duration::days(8))).await;
-    let old_revoked = session(user, now - Duration::days(5));
+    let live_one = insert(&*store, &session(&user, now)).await;
+    let expired = insert(&*store, &session(&user, now - Duration::days(8))).await;
+    let old_revoked = session(&user, now - Duration::days(5));
     let h_old = insert(&*store, &old_revoked).await;
     store
         .revoke(
-            user,
+            &user,
             old_revoked.id,
             RevocationReason::Logout,
             now - Duration::days(4),
         )
         .await
         .unwrap();
-    let fresh_revoked = session(user, now - Duration::hours(1));
+    let fresh_revoked = session(&user, now - Duration::hours(1));
     let h_fresh = insert(&*store, &fresh_revoked).await;
     store
-        .revoke(user, fresh_revoked.id, RevocationReason::Logout, now)
+        .revoke(&user, fresh_revoked.id, RevocationReason::Logout, now)
         .await
         .unwrap();
 
@@ -479,7 +480,7 @@ async fn cleanup_deletes_expired_and_long_revoked_rows_only(store: Arc<dyn Sessi
     let expired_new = hash();
     store
         .rotate(
-            user,
+            &user,
             expired_session.id,
             &expired,
             &expired_new,
@@ -534,3 +535,10 @@ macro_rules! store_suite {
 store_suite!(memory, async { common::memory() });
 store_suite!(sqlite, common::sqlite());
 store_suite!(postgres, common::postgres());
+// The application's own id types, in columns of the matching SQL type.
+store_suite!(memory_i64, async { common::memory_as::<i64>() });
+store_suite!(sqlite_i64, common::sqlite_as::<i64>());
+store_suite!(postgres_i64, common::postgres_as::<i64>());
+store_suite!(memory_text, async { common::memory_as::<String>() });
+store_suite!(sqlite_text, common::sqlite_as::<String>());
+store_suite!(postgres_text, common::postgres_as::<String>());

@@ -12,29 +12,32 @@ use tower_service::Service;
 
 use crate::cache::SessionEntry;
 use crate::error::StoreError;
-use crate::extract::{CurrentSession, SessionUnavailable, Transport};
+use uuid::Uuid;
 
-type Lookup = Pin<Box<dyn Future<Output = Result<Option<Arc<SessionEntry>>, StoreError>> + Send>>;
+use crate::extract::{SessionUnavailable, Transport, authenticated};
+
+type Lookup<U> =
+    Pin<Box<dyn Future<Output = Result<Option<Arc<SessionEntry<U>>>, StoreError>> + Send>>;
 
 pin_project! {
     /// Response future of [`SessionService`](super::SessionService).
-    pub struct ResponseFuture<S, ReqBody>
+    pub struct ResponseFuture<S, ReqBody, U = Uuid>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
-        state: State<S, ReqBody>,
+        state: State<S, ReqBody, U>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, ReqBody>
+    enum State<S, ReqBody, U>
     where
         S: Service<Request<ReqBody>>,
     {
         Lookup {
-            lookup: Lookup,
+            lookup: Lookup<U>,
             // Taken exactly once, when the lookup completes and the state moves on.
             pending: Option<(S, Request<ReqBody>)>,
             transport: Transport,
@@ -46,7 +49,7 @@ pin_project! {
     }
 }
 
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
+impl<S, ReqBody, U> ResponseFuture<S, ReqBody, U>
 where
     S: Service<Request<ReqBody>>,
 {
@@ -57,7 +60,7 @@ where
     }
 
     pub(crate) fn lookup(
-        lookup: Lookup,
+        lookup: Lookup<U>,
         service: S,
         request: Request<ReqBody>,
         transport: Transport,
@@ -72,9 +75,10 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody, ResBody, U> Future for ResponseFuture<S, ReqBody, U>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    U: Clone + Send + Sync + 'static,
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
@@ -96,9 +100,7 @@ where
                         .expect("lookup state is left after one completion");
                     match found {
                         Ok(Some(entry)) => {
-                            request
-                                .extensions_mut()
-                                .insert(CurrentSession::new(entry, *transport));
+                            authenticated(&mut request, entry, *transport);
                         }
                         Ok(None) => {}
                         Err(_) => {

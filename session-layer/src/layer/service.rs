@@ -8,27 +8,30 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use crate::credential::credential;
-use crate::extract::CurrentSession;
+use uuid::Uuid;
+
+use crate::extract::authenticated;
 use crate::manager::SessionManager;
+use crate::user_id::UserId;
 use crate::validate::Cached;
 
 /// Applies [`SessionService`] to a service. Build it from the application's
 /// [`SessionManager`]; see the [module docs](crate::layer) for what it does per request.
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct SessionLayer {
-    manager: SessionManager,
+pub struct SessionLayer<U: UserId = Uuid> {
+    manager: SessionManager<U>,
 }
 
-impl SessionLayer {
+impl<U: UserId> SessionLayer<U> {
     /// A layer that authenticates requests against `manager`.
-    pub fn new(manager: SessionManager) -> Self {
+    pub fn new(manager: SessionManager<U>) -> Self {
         Self { manager }
     }
 }
 
-impl<S> Layer<S> for SessionLayer {
-    type Service = SessionService<S>;
+impl<S, U: UserId> Layer<S> for SessionLayer<U> {
+    type Service = SessionService<S, U>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SessionService {
@@ -41,24 +44,24 @@ impl<S> Layer<S> for SessionLayer {
 /// Middleware that puts a [`CurrentSession`] into the request extensions when the request
 /// carries a valid session token.
 #[derive(Debug, Clone)]
-pub struct SessionService<S> {
+pub struct SessionService<S, U: UserId = Uuid> {
     inner: S,
-    manager: SessionManager,
+    manager: SessionManager<U>,
 }
 
-impl<S> SessionService<S> {
+impl<S, U: UserId> SessionService<S, U> {
     /// Wraps `inner`.
-    pub fn new(inner: S, manager: SessionManager) -> Self {
+    pub fn new(inner: S, manager: SessionManager<U>) -> Self {
         Self { inner, manager }
     }
 
     /// A [`SessionLayer`] for `manager`.
-    pub fn layer(manager: SessionManager) -> SessionLayer {
+    pub fn layer(manager: SessionManager<U>) -> SessionLayer<U> {
         SessionLayer::new(manager)
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+impl<S, ReqBody, ResBody, U: UserId> Service<Request<ReqBody>> for SessionService<S, U>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
@@ -66,7 +69,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, U>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -80,9 +83,7 @@ where
         };
         match self.manager.authenticate_cached(&hash) {
             Cached::Hit(entry) => {
-                request
-                    .extensions_mut()
-                    .insert(CurrentSession::new(entry, transport));
+                authenticated(&mut request, entry, transport);
                 ResponseFuture::inner(self.inner.call(request))
             }
             Cached::Refused => ResponseFuture::inner(self.inner.call(request)),

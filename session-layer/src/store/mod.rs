@@ -18,8 +18,11 @@ use crate::user_id::UserId;
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod migrations;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tables;
 pub use memory::MemoryStore;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use tables::Tables;
 
 #[cfg(feature = "postgres")]

@@ -216,6 +216,7 @@ pub(crate) struct Names {
     pub(crate) fences: String,
     /// `schema.` or nothing.
     pub(crate) schema_dot: String,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) schema: Option<String>,
     /// The migration bookkeeping table, unqualified.
     pub(crate) migrations: String,

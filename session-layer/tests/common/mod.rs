@@ -13,11 +13,64 @@ use async_trait::async_trait;
 use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
 use session_layer::{
     Fence, MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore,
-    StoreError, TokenHash,
+    StoreError, TokenHash, UserId,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
+
+/// A user id type the suites run with: fresh, distinct ids.
+pub trait TestUser: UserId {
+    fn fresh() -> Self;
+}
+
+impl TestUser for Uuid {
+    fn fresh() -> Self {
+        Uuid::now_v7()
+    }
+}
+
+impl TestUser for i64 {
+    fn fresh() -> Self {
+        // Random, so parallel tests on one database never share a user.
+        let random = session_layer::SessionToken::generate().unwrap().hash();
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&random.as_bytes()[..8]);
+        i64::from_ne_bytes(bytes) & i64::MAX
+    }
+}
+
+impl TestUser for String {
+    fn fresh() -> Self {
+        format!("user-{}", Uuid::now_v7())
+    }
+}
+
+pub fn memory_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    Arc::new(MemoryStore::<U>::default())
+}
+
+pub async fn sqlite_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    let store = SqliteStore::connect_with(
+        &test_support::sqlite_database("sessions"),
+        session_layer::store::Tables::new().user_id::<U>(),
+    )
+    .await
+    .expect("open SQLite");
+    store.migrate().await.expect("migrate SQLite");
+    Arc::new(store)
+}
+
+pub async fn postgres_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    let store = PostgresStore::connect_with(
+        &test_support::postgres_database(),
+        session_layer::store::Tables::new().user_id::<U>(),
+    )
+    .await
+    .expect("connect PostgreSQL");
+    store.migrate().await.expect("migrate PostgreSQL");
+    Arc::new(store)
+}
 
 pub fn memory() -> Arc<dyn SessionStore> {
     Arc::new(MemoryStore::new())
@@ -48,8 +101,8 @@ pub async fn postgres_store(url: &str) -> PostgresStore {
 }
 
 /// Wraps a store: counts token lookups, can hold them at a gate, and can fail every call.
-pub struct ProbeStore {
-    inner: Arc<dyn SessionStore>,
+pub struct ProbeStore<U: UserId = Uuid> {
+    inner: Arc<dyn SessionStore<U>>,
     pub lookups: AtomicUsize,
     /// How many `recent_activity` entries the last insert carried.
     pub last_recent_activity: AtomicUsize,
@@ -63,8 +116,8 @@ pub struct ProbeStore {
     gate: Notify,
 }
 
-impl ProbeStore {
-    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+impl<U: UserId> ProbeStore<U> {
+    pub fn new(inner: Arc<dyn SessionStore<U>>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             lookups: AtomicUsize::new(0),
@@ -121,20 +174,23 @@ impl ProbeStore {
 }
 
 #[async_trait]
-impl SessionStore for ProbeStore {
-    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
+impl<U: UserId> SessionStore<U> for ProbeStore<U> {
+    async fn insert(&self, insert: SessionInsert<'_, U>) -> Result<Inserted, StoreError> {
         self.check("insert")?;
         self.last_recent_activity
             .store(insert.recent_activity.len(), Ordering::SeqCst);
         self.inner.insert(insert).await
     }
 
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+    async fn fence(&self, user_id: &U) -> Result<Fence, StoreError> {
         self.check("fence")?;
         self.inner.fence(user_id).await
     }
 
-    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession>, StoreError> {
+    async fn find_by_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<FoundSession<U>>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let found = self.inner.find_by_token(hash).await;
         if self.paused.load(Ordering::SeqCst) {
@@ -148,26 +204,30 @@ impl SessionStore for ProbeStore {
 
     async fn rotate(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         current: &TokenHash,
         new: &TokenHash,
         live: Liveness,
-    ) -> Result<Option<Session>, StoreError> {
+    ) -> Result<Option<Session<U>>, StoreError> {
         self.check("rotate")?;
         self.inner
             .rotate(user_id, session_id, current, new, live)
             .await
     }
 
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
+    async fn list_active(
+        &self,
+        user_id: &U,
+        live: Liveness,
+    ) -> Result<Vec<Session<U>>, StoreError> {
         self.check("list")?;
         self.inner.list_active(user_id, live).await
     }
 
     async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         reason: RevocationReason,
         now: OffsetDateTime,
@@ -180,7 +240,7 @@ impl SessionStore for ProbeStore {
 
     async fn revoke_all(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         except: Option<Uuid>,
         reason: RevocationReason,
         now: OffsetDateTime,

@@ -30,8 +30,6 @@ use crate::metrics;
 use crate::store::{Ack, Invalidation};
 use crate::token::TokenHash;
 
-/// Notification channel shared by revocations, heartbeats, acknowledgements and goodbyes.
-pub(crate) const NOTIFY_CHANNEL: &str = "session_layer_invalidate";
 
 /// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
 const HASHES_PER_NOTIFICATION: usize = 100;
@@ -42,15 +40,19 @@ const HEARTBEATS_KEPT: usize = 64;
 /// Settings of the feed.
 #[derive(Debug, Clone)]
 pub(super) struct FeedOptions {
+    /// The channel shared by revocations, heartbeats, acknowledgements and goodbyes (it follows
+    /// the configured tables, so two applications on one database keep apart).
+    pub(super) channel: Arc<str>,
     pub(super) lease: Duration,
     /// Where the listener connects, when not through the pool (a pooler in transaction mode
     /// cannot carry `LISTEN`).
     pub(super) listen: Option<PgConnectOptions>,
 }
 
-impl Default for FeedOptions {
-    fn default() -> Self {
+impl FeedOptions {
+    pub(super) fn new(channel: Arc<str>) -> Self {
         Self {
+            channel,
             lease: Duration::from_secs(1),
             listen: None,
         }
@@ -72,10 +74,18 @@ enum Message {
     Ack { from: u64, origin: u64, seq: u64 },
     /// `b <origin>`
     Bye { origin: u64 },
+    /// `d <hex>`: a session deleted behind the library's back (the cascade from a deleted user),
+    /// sent by the trigger that [`Tables::references`](crate::store::Tables::references) adds.
+    Deleted { hash: TokenHash },
 }
 
 impl Message {
     fn parse(payload: &str) -> Option<Self> {
+        if let Some(hex) = payload.strip_prefix("d ") {
+            return Some(Self::Deleted {
+                hash: TokenHash::from_hex(hex)?,
+            });
+        }
         let mut parts = payload.split(' ');
         let kind = parts.next()?;
         let mut number = || u64::from_str_radix(parts.next()?, 16).ok();
@@ -240,7 +250,7 @@ impl Feed {
             ticket.seqs.push(seq);
             let payload = format!("r {:x} {seq:x} {list}", self.instance);
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
+                .bind(&*self.options.channel)
                 .bind(payload)
                 .execute(&mut **tx)
                 .await
@@ -382,6 +392,12 @@ impl Feed {
                 self.settled.notify_waiters();
             }
             Message::Ack { .. } => {}
+            Message::Deleted { hash } => {
+                self.forward(|| Invalidation::Tokens {
+                    hashes: vec![hash],
+                    ack: Ack::none(),
+                });
+            }
             Message::Bye { origin } => {
                 let mut state = self.state();
                 state.peers.remove(&origin);
@@ -422,14 +438,18 @@ impl Feed {
             // No cache here: nothing to drop, and nobody waits for this instance.
             return;
         }
-        let (pool, me) = (self.pool.clone(), self.instance);
+        let (pool, me, channel) = (
+            self.pool.clone(),
+            self.instance,
+            Arc::clone(&self.options.channel),
+        );
         tokio::spawn(async move {
             for wait in waits {
                 // An error means the cache is gone: nothing left to drop.
                 let _ = wait.await;
             }
             let payload = format!("a {me:x} {origin:x} {seq:x}");
-            if let Err(error) = notify(&pool, &payload).await {
+            if let Err(error) = notify(&pool, &channel, &payload).await {
                 // The origin then waits out this instance's lease: slower, never wrong.
                 tracing::warn!(%error, "could not acknowledge a session revocation");
             }
@@ -446,7 +466,8 @@ impl Drop for Feed {
         let announced = !self.state().heartbeats.is_empty();
         if announced && let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (pool, me) = (self.pool.clone(), self.instance);
-            runtime.spawn(async move { notify(&pool, &format!("b {me:x}")).await });
+            let channel = Arc::clone(&self.options.channel);
+            runtime.spawn(async move { notify(&pool, &channel, &format!("b {me:x}")).await });
         }
     }
 }
@@ -490,9 +511,9 @@ fn instance_id() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-async fn notify(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
+        .bind(channel)
         .bind(payload)
         .execute(pool)
         .await
@@ -516,6 +537,7 @@ async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
         }
         let Some(feed) = feed.upgrade() else { return };
         let (pool, me) = (feed.pool.clone(), feed.instance);
+        let channel = Arc::clone(&feed.options.channel);
         let subscribed = {
             let mut state = feed.state();
             state.subscribers.retain(|s| !s.is_closed());
@@ -531,10 +553,10 @@ async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
         };
         drop(feed);
         if !subscribed {
-            let _ = notify(&pool, &format!("b {me:x}")).await;
+            let _ = notify(&pool, &channel, &format!("b {me:x}")).await;
             return;
         }
-        if let Err(error) = notify(&pool, &format!("h {me:x} {n:x}")).await {
+        if let Err(error) = notify(&pool, &channel, &format!("h {me:x} {n:x}")).await {
             tracing::debug!(%error, "session invalidation heartbeat not sent; the lease will lapse");
         }
     }
@@ -547,6 +569,7 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
     let mut backoff = MIN_BACKOFF;
     let Some(strong) = feed.upgrade() else { return };
     // `PgListener` takes its connection from a pool: a one-connection pool for a separate URL.
+    let channel = Arc::clone(&strong.options.channel);
     let pool = match strong.options.listen.clone() {
         Some(options) => PgPoolOptions::new()
             .max_connections(1)
@@ -558,7 +581,7 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
         let connected = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.eager_reconnect(false);
-            listener.listen(NOTIFY_CHANNEL).await?;
+            listener.listen(&channel).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {

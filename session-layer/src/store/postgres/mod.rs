@@ -3,6 +3,8 @@
 
 mod feed;
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,19 +16,146 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use self::feed::{Feed, FeedOptions};
+use super::tables::{Names, Tables};
 use super::{
     Fence, FoundSession, Inserted, Invalidation, Liveness, SessionInsert, SessionStore, TokenMatch,
 };
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
+use crate::user_id::{UserId, UserIdKind, UserIdValue, digest};
 
-/// The session columns, as a macro so that every statement is one `&'static str` (`concat!`).
-macro_rules! columns {
-    () => {
-        "id, user_id, device, device_type, device_name, user_agent, ip_address, \
-         created_at, last_active_at, expires_at, revoked_at, revoked_reason"
+/// The session columns every read selects.
+const COLUMNS: &str = "id, user_id, device, device_type, device_name, user_agent, ip_address, \
+                       created_at, last_active_at, expires_at, revoked_at, revoked_reason";
+
+/// Every statement, rendered once for the configured tables.
+#[derive(Debug)]
+struct Sql {
+    insert: Arc<str>,
+    evict: Arc<str>,
+    find: Arc<str>,
+    rotate: Arc<str>,
+    retire: Arc<str>,
+    list: Arc<str>,
+    revoke: Arc<str>,
+    bump_fence: Arc<str>,
+    revoke_all: Arc<str>,
+    recently_revoked: Arc<str>,
+    read_fence: Arc<str>,
+    touch: Arc<str>,
+    cleanup: Arc<str>,
+}
+
+impl Sql {
+    fn new(names: &Names) -> Self {
+        let sql = |template: &str| -> Arc<str> {
+            names.render(&template.replace("{columns}", COLUMNS)).into()
+        };
+        Self {
+            insert: sql(
+                "INSERT INTO {sessions} (id, user_id, token_hash, device, device_type, device_name, \
+                 user_agent, ip_address, created_at, last_active_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            ),
+            evict: sql(
+                "UPDATE {sessions} SET revoked_at = GREATEST($3, created_at), \
+                   revoked_reason = 'session_limit' \
+                 WHERE id IN (SELECT id FROM {sessions} \
+                     WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL \
+                       AND expires_at > $3 AND last_active_at > $4 \
+                     ORDER BY last_active_at DESC, created_at DESC, id DESC \
+                     OFFSET $5) \
+                 RETURNING token_hash",
+            ),
+            // A hash is random and 256 bits long, so at most one row matches either branch;
+            // each branch is one plain index probe.
+            find: sql(
+                "SELECT {columns}, TRUE AS is_current FROM {sessions} WHERE token_hash = $1 \
+                 UNION ALL \
+                 SELECT {columns}, FALSE FROM {retired} r JOIN {sessions} s ON s.id = r.session_id \
+                 WHERE r.token_hash = $1 \
+                 LIMIT 1",
+            ),
+            // The `token_hash = $3` condition is re-checked under the row lock, so of two
+            // concurrent rotations of one token exactly one updates a row.
+            rotate: sql(
+                "UPDATE {sessions} SET token_hash = $4 \
+                 WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
+                   AND expires_at > $5 AND last_active_at > $6 \
+                 RETURNING {columns}",
+            ),
+            retire: sql(
+                "INSERT INTO {retired} (token_hash, session_id, retired_at) VALUES ($1, $2, $3)",
+            ),
+            list: sql(
+                "SELECT {columns} FROM {sessions} \
+                 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+                   AND last_active_at > $3 \
+                 ORDER BY last_active_at DESC, created_at DESC, id DESC",
+            ),
+            revoke: sql(
+                "UPDATE {sessions} SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3 \
+                 RETURNING token_hash",
+            ),
+            bump_fence: sql(
+                "INSERT INTO {fences} (user_id, epoch) VALUES ($1, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET epoch = {fences}.epoch + 1",
+            ),
+            revoke_all: sql(
+                "UPDATE {sessions} SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
+                 WHERE id IN (SELECT id FROM {sessions} \
+                     WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
+                     ORDER BY id FOR UPDATE) \
+                 RETURNING token_hash",
+            ),
+            recently_revoked: sql(
+                "SELECT token_hash FROM {sessions} \
+                 WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at >= $3",
+            ),
+            read_fence: sql("SELECT epoch FROM {fences} WHERE user_id = $1"),
+            // Rows are locked in id order and rows locked by others are skipped: a touch is an
+            // optimisation of idle tracking, and waiting could deadlock with another instance's
+            // batch or with a revocation.
+            touch: sql(
+                "WITH t AS (SELECT id, max(at) AS at \
+                            FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) GROUP BY id), \
+                      locked AS (SELECT s.id, t.at FROM {sessions} s JOIN t ON s.id = t.id \
+                                 WHERE s.revoked_at IS NULL AND s.last_active_at < t.at \
+                                 ORDER BY s.id FOR UPDATE OF s SKIP LOCKED) \
+                 UPDATE {sessions} AS s SET last_active_at = locked.at FROM locked \
+                 WHERE s.id = locked.id AND s.last_active_at < locked.at",
+            ),
+            cleanup: sql("DELETE FROM {sessions} WHERE expires_at < $1 OR revoked_at < $2"),
+        }
+    }
+}
+
+fn q(sql: &Arc<str>) -> sqlx::AssertSqlSafe<Arc<str>> {
+    sqlx::AssertSqlSafe(Arc::clone(sql))
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, <Postgres as sqlx::Database>::Arguments>;
+
+/// Binds a user id as its [`UserIdKind`] is stored.
+fn bind_user<'q, U: UserId>(query: Query<'q>, user: &U) -> Query<'q> {
+    match user.to_value() {
+        UserIdValue::Uuid(id) => query.bind(id),
+        UserIdValue::BigInt(id) => query.bind(id),
+        UserIdValue::Text(id) => query.bind(id.into_owned()),
+    }
+}
+
+fn user_from_row<U: UserId>(row: &PgRow) -> Result<U, sqlx::Error> {
+    let value = match U::KIND {
+        UserIdKind::Uuid => UserIdValue::Uuid(row.try_get("user_id")?),
+        UserIdKind::BigInt => UserIdValue::BigInt(row.try_get("user_id")?),
+        UserIdKind::Text => UserIdValue::Text(Cow::Owned(row.try_get("user_id")?)),
     };
+    U::from_value(value).ok_or_else(|| {
+        sqlx::Error::Decode("a stored user_id is not a valid id of the configured type".into())
+    })
 }
 
 /// Sessions in PostgreSQL (15 or later), shared by any number of instances.
@@ -59,33 +188,103 @@ macro_rules! columns {
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct PostgresStore {
+///
+/// With other user ids or table names, [`connect_with`](Self::connect_with) and
+/// [`Tables`](super::Tables).
+pub struct PostgresStore<U = Uuid> {
     pool: PgPool,
     feed: Arc<Feed>,
+    names: Arc<Names>,
+    sql: Arc<Sql>,
+    user: PhantomData<fn() -> U>,
 }
 
-impl std::fmt::Debug for PostgresStore {
+impl<U> Clone for PostgresStore<U> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            feed: Arc::clone(&self.feed),
+            names: Arc::clone(&self.names),
+            sql: Arc::clone(&self.sql),
+            user: PhantomData,
+        }
+    }
+}
+
+impl<U> std::fmt::Debug for PostgresStore<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("pool", &self.pool)
+            .field("sessions", &self.names.sessions)
             .field("lease", &self.feed.lease())
             .finish_non_exhaustive()
     }
 }
 
 impl PostgresStore {
-    /// Wraps an existing pool.
+    /// Wraps an existing pool, with the default [`Tables`](super::Tables) ([`Uuid`] user ids).
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
-        Self::with_feed(pool, FeedOptions::default())
+        let names = Tables::new()
+            .resolve(false)
+            // The default names are constants that pass every check (see the tests of Tables).
+            .expect("the default tables are valid");
+        Self::from_names(pool, names)
     }
 
-    fn with_feed(pool: PgPool, options: FeedOptions) -> Self {
+    /// Connects a pool of up to 16 connections to `url`, with the default tables.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the server cannot be reached or refuses the login.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, Tables::new()).await
+    }
+}
+
+impl<U: UserId> PostgresStore<U> {
+    fn from_names(pool: PgPool, names: Names) -> Self {
+        let options = FeedOptions::new(Arc::clone(&names.channel));
         Self {
             feed: Feed::new(pool.clone(), options),
+            sql: Arc::new(Sql::new(&names)),
+            names: Arc::new(names),
             pool,
+            user: PhantomData,
         }
+    }
+
+    fn with_feed(self, options: FeedOptions) -> Self {
+        Self {
+            feed: Feed::new(self.pool.clone(), options),
+            ..self
+        }
+    }
+
+    /// Wraps an existing pool, with the given tables and user id type.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the names are not valid.
+    pub fn with_tables(pool: PgPool, tables: Tables<U>) -> Result<Self, StoreError> {
+        Ok(Self::from_names(pool, tables.resolve(false)?))
+    }
+
+    /// Like [`connect`](PostgresStore::connect), with the given tables and user id type.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the names are not valid, or the server cannot be reached or
+    /// refuses the login.
+    pub async fn connect_with(url: &str, tables: Tables<U>) -> Result<Self, StoreError> {
+        let names = tables.resolve(false)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::new("connect to PostgreSQL", e))?;
+        Ok(Self::from_names(pool, names))
     }
 
     fn feed_options(&self) -> FeedOptions {
@@ -100,7 +299,7 @@ impl PostgresStore {
             lease: lease.max(Duration::from_millis(10)),
             ..self.feed_options()
         };
-        Self::with_feed(self.pool, options)
+        self.with_feed(options)
     }
 
     /// Connects the notification listener to `url` instead of through the pool: a direct,
@@ -115,22 +314,7 @@ impl PostgresStore {
             listen: Some(feed::listen_options(url)?),
             ..self.feed_options()
         };
-        Ok(Self::with_feed(self.pool, options))
-    }
-
-    /// Connects a pool of up to 16 connections to `url`.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when the server cannot be reached or refuses the login.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| StoreError::new("connect to PostgreSQL", e))?;
-        Ok(Self::new(pool))
+        Ok(self.with_feed(options))
     }
 
     /// The underlying pool, to share with the application.
@@ -139,18 +323,16 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Creates or upgrades the `sessions`, `session_retired_tokens` and `session_user_fences`
-    /// tables. Safe to run on every start and from several
-    /// instances at once. Its bookkeeping lives in `_session_layer_migrations`, apart from the
+    /// Creates or upgrades the session tables (see [`Tables`](super::Tables) for their names).
+    /// Safe to run on every start and from several instances at once. The bookkeeping lives in
+    /// `_session_layer_migrations` (with the prefix, in the schema), apart from the
     /// application's own sqlx migrations.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when a migration fails.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut migrator = sqlx::migrate!("migrations/postgres");
-        migrator.dangerous_set_table_name("_session_layer_migrations");
-        migrator
+        super::migrations::postgres(&self.names)
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::new("run the session-layer PostgreSQL migrations", e))
@@ -167,12 +349,12 @@ impl PostgresStore {
     }
 }
 
-fn session_from_row(row: &PgRow) -> Result<Session, sqlx::Error> {
+fn session_from_row<U: UserId>(row: &PgRow) -> Result<Session<U>, sqlx::Error> {
     let device_type: String = row.try_get("device_type")?;
     let reason: Option<String> = row.try_get("revoked_reason")?;
     Ok(Session {
         id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
+        user_id: user_from_row(row)?,
         device: row.try_get("device")?,
         device_type: device_type.parse().unwrap_or_default(),
         device_name: row.try_get("device_name")?,
@@ -201,127 +383,99 @@ fn hashes_from_rows(rows: &[PgRow], operation: &'static str) -> Result<Vec<Token
         .map_err(|e| StoreError::new(operation, e))
 }
 
-/// Moves `last_active_at` forward (never back) for live sessions, in one statement.
-async fn touch_with<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    touches: &[(Uuid, OffsetDateTime)],
-) -> Result<(), sqlx::Error> {
-    if touches.is_empty() {
-        return Ok(());
+impl<U: UserId> PostgresStore<U> {
+    /// Moves `last_active_at` forward (never back) for live sessions, in one statement.
+    async fn touch_with<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        touches: &[(Uuid, OffsetDateTime)],
+    ) -> Result<(), sqlx::Error> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
+        sqlx::query(q(&self.sql.touch))
+            .bind(ids)
+            .bind(times)
+            .execute(executor)
+            .await?;
+        Ok(())
     }
-    let (ids, times): (Vec<Uuid>, Vec<OffsetDateTime>) = touches.iter().copied().unzip();
-    // Rows are locked in id order and rows locked by others are skipped: a touch is an
-    // optimisation of idle tracking, and waiting could deadlock with another instance's batch
-    // or with a revocation.
-    sqlx::query(
-        "WITH t AS (SELECT id, max(at) AS at \
-                    FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) GROUP BY id), \
-              locked AS (SELECT s.id, t.at FROM sessions s JOIN t ON s.id = t.id \
-                         WHERE s.revoked_at IS NULL AND s.last_active_at < t.at \
-                         ORDER BY s.id FOR UPDATE OF s SKIP LOCKED) \
-         UPDATE sessions AS s SET last_active_at = locked.at FROM locked \
-         WHERE s.id = locked.id AND s.last_active_at < locked.at",
-    )
-    .bind(ids)
-    .bind(times)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
 
-async fn read_fence(conn: &mut sqlx::PgConnection, user_id: Uuid) -> Result<Fence, sqlx::Error> {
-    let epoch: Option<i64> =
-        sqlx::query_scalar("SELECT epoch FROM session_user_fences WHERE user_id = $1")
-            .bind(user_id)
+    async fn read_fence(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        user_id: &U,
+    ) -> Result<Fence, sqlx::Error> {
+        let row = bind_user(sqlx::query(q(&self.sql.read_fence)), user_id)
             .fetch_optional(conn)
             .await?;
-    Ok(Fence::new(
-        epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
-    ))
+        let epoch: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
+        Ok(Fence::new(epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0))))
+    }
 }
 
 /// Takes the per-user transaction lock that sign-ins and `revoke_all` share.
-async fn lock_user(
+async fn lock_user<U: UserId>(
     tx: &mut Transaction<'_, Postgres>,
-    user_id: Uuid,
+    user_id: &U,
     operation: &'static str,
 ) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(user_lock_key(user_id))
+        .bind(digest(user_id))
         .execute(&mut **tx)
         .await
         .map_err(|e| StoreError::new(operation, e))?;
     Ok(())
 }
 
-/// A 64-bit advisory lock key from the user id.
-fn user_lock_key(user_id: Uuid) -> i64 {
-    let (high, low) = user_id.as_u64_pair();
-    // Reinterpreting the bits is the point: any 64-bit value is a valid lock key.
-    i64::from_ne_bytes((high ^ low ^ 0x5e55_10f1_a7e4_0001).to_ne_bytes())
-}
-
 #[async_trait]
-impl SessionStore for PostgresStore {
-    async fn insert(&self, insert: SessionInsert<'_>) -> Result<Inserted, StoreError> {
+impl<U: UserId> SessionStore<U> for PostgresStore<U> {
+    async fn insert(&self, insert: SessionInsert<'_, U>) -> Result<Inserted, StoreError> {
         const OP: &str = "insert a session";
         let session = insert.session;
         let mut tx = self.begin(OP).await?;
         // Serialises sign-ins of one user with each other (the session limit) and with
         // `revoke_all` (the fence). Every later statement of this transaction takes a new
         // snapshot, so it sees whatever committed before the lock was granted.
-        lock_user(&mut tx, session.user_id, OP).await?;
+        lock_user(&mut tx, &session.user_id, OP).await?;
         if let Some(fence) = insert.fence
-            && read_fence(&mut tx, session.user_id)
+            && self
+                .read_fence(&mut tx, &session.user_id)
                 .await
                 .map_err(|e| StoreError::new(OP, e))?
                 != fence
         {
             return Ok(Inserted::Fenced);
         }
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, token_hash, device, device_type, device_name, \
-             user_agent, ip_address, created_at, last_active_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(session.id)
-        .bind(session.user_id)
-        .bind(insert.token_hash.as_bytes().as_slice())
-        .bind(&session.device)
-        .bind(session.device_type.as_str())
-        .bind(&session.device_name)
-        .bind(&session.user_agent)
-        .bind(session.ip_address)
-        .bind(session.created_at)
-        .bind(session.last_active_at)
-        .bind(session.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        bind_user(sqlx::query(q(&self.sql.insert)).bind(session.id), &session.user_id)
+            .bind(insert.token_hash.as_bytes().as_slice())
+            .bind(&session.device)
+            .bind(session.device_type.as_str())
+            .bind(&session.device_name)
+            .bind(&session.user_agent)
+            .bind(session.ip_address)
+            .bind(session.created_at)
+            .bind(session.last_active_at)
+            .bind(session.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let evicted = match insert.max_active {
             None => Vec::new(),
             Some(max) => {
-                touch_with(&mut *tx, insert.recent_activity)
+                self.touch_with(&mut *tx, insert.recent_activity)
                     .await
                     .map_err(|e| StoreError::new(OP, e))?;
                 let live = insert.live;
-                let rows = sqlx::query(
-                    "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = 'session_limit' \
-                     WHERE id IN (SELECT id FROM sessions \
-                         WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL \
-                           AND expires_at > $3 AND last_active_at > $4 \
-                         ORDER BY last_active_at DESC, created_at DESC, id DESC \
-                         OFFSET $5) \
-                     RETURNING token_hash",
-                )
-                .bind(session.user_id)
-                .bind(session.id)
-                .bind(live.now)
-                .bind(live.idle_cutoff)
-                .bind(i64::from(max.saturating_sub(1)))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| StoreError::new(OP, e))?;
+                let rows = bind_user(sqlx::query(q(&self.sql.evict)), &session.user_id)
+                    .bind(session.id)
+                    .bind(live.now)
+                    .bind(live.idle_cutoff)
+                    .bind(i64::from(max.saturating_sub(1)))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::new(OP, e))?;
                 hashes_from_rows(&rows, OP)?
             }
         };
@@ -331,39 +485,28 @@ impl SessionStore for PostgresStore {
         Ok(Inserted::Created { evicted })
     }
 
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+    async fn fence(&self, user_id: &U) -> Result<Fence, StoreError> {
+        const OP: &str = "read a user's fence";
         let mut conn = self
             .pool
             .acquire()
             .await
-            .map_err(|e| StoreError::new("read a user's fence", e))?;
-        read_fence(&mut conn, user_id)
+            .map_err(|e| StoreError::new(OP, e))?;
+        self.read_fence(&mut conn, user_id)
             .await
-            .map_err(|e| StoreError::new("read a user's fence", e))
+            .map_err(|e| StoreError::new(OP, e))
     }
 
     async fn find_by_token(
         &self,
         token_hash: &TokenHash,
-    ) -> Result<Option<FoundSession>, StoreError> {
+    ) -> Result<Option<FoundSession<U>>, StoreError> {
         const OP: &str = "look up a session";
-        // A hash is random and 256 bits long, so at most one row matches either branch; each
-        // branch is one plain index probe.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            ", TRUE AS is_current FROM sessions WHERE token_hash = $1 \
-             UNION ALL \
-             SELECT ",
-            columns!(),
-            ", FALSE FROM session_retired_tokens r JOIN sessions s ON s.id = r.session_id \
-             WHERE r.token_hash = $1 \
-             LIMIT 1"
-        ))
-        .bind(token_hash.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        let row = sqlx::query(q(&self.sql.find))
+            .bind(token_hash.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let Some(row) = row else { return Ok(None) };
         let is_current: bool = row
             .try_get("is_current")
@@ -380,44 +523,31 @@ impl SessionStore for PostgresStore {
 
     async fn rotate(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         current: &TokenHash,
         new: &TokenHash,
         live: Liveness,
-    ) -> Result<Option<Session>, StoreError> {
+    ) -> Result<Option<Session<U>>, StoreError> {
         const OP: &str = "rotate a session token";
         let mut tx = self.begin(OP).await?;
-        // The `token_hash = $3` condition is re-checked under the row lock, so of two
-        // concurrent rotations of one token exactly one updates a row.
-        let row = sqlx::query(concat!(
-            "UPDATE sessions SET token_hash = $4 \
-             WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
-               AND expires_at > $5 AND last_active_at > $6 \
-             RETURNING ",
-            columns!()
-        ))
-        .bind(session_id)
-        .bind(user_id)
-        .bind(current.as_bytes().as_slice())
-        .bind(new.as_bytes().as_slice())
-        .bind(live.now)
-        .bind(live.idle_cutoff)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        let row = bind_user(sqlx::query(q(&self.sql.rotate)).bind(session_id), user_id)
+            .bind(current.as_bytes().as_slice())
+            .bind(new.as_bytes().as_slice())
+            .bind(live.now)
+            .bind(live.idle_cutoff)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let Some(row) = row else { return Ok(None) };
         let session = session_from_row(&row).map_err(|e| StoreError::new(OP, e))?;
-        sqlx::query(
-            "INSERT INTO session_retired_tokens (token_hash, session_id, retired_at) \
-             VALUES ($1, $2, $3)",
-        )
-        .bind(current.as_bytes().as_slice())
-        .bind(session_id)
-        .bind(live.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        sqlx::query(q(&self.sql.retire))
+            .bind(current.as_bytes().as_slice())
+            .bind(session_id)
+            .bind(live.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let ticket = self
             .feed
             .publish(&mut tx, std::slice::from_ref(current), OP)
@@ -427,21 +557,18 @@ impl SessionStore for PostgresStore {
         Ok(Some(session))
     }
 
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
+    async fn list_active(
+        &self,
+        user_id: &U,
+        live: Liveness,
+    ) -> Result<Vec<Session<U>>, StoreError> {
         const OP: &str = "list a user's sessions";
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM sessions \
-             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_active_at > $3 \
-             ORDER BY last_active_at DESC, created_at DESC, id DESC"
-        ))
-        .bind(user_id)
-        .bind(live.now)
-        .bind(live.idle_cutoff)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        let rows = bind_user(sqlx::query(q(&self.sql.list)), user_id)
+            .bind(live.now)
+            .bind(live.idle_cutoff)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         rows.iter()
             .map(session_from_row)
             .collect::<Result<_, _>>()
@@ -450,25 +577,19 @@ impl SessionStore for PostgresStore {
 
     async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         session_id: Uuid,
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<Option<TokenHash>, StoreError> {
         const OP: &str = "revoke a session";
         let mut tx = self.begin(OP).await?;
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
-             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3 \
-             RETURNING token_hash",
-        )
-        .bind(session_id)
-        .bind(user_id)
-        .bind(now)
-        .bind(reason.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        let rows = bind_user(sqlx::query(q(&self.sql.revoke)).bind(session_id), user_id)
+            .bind(now)
+            .bind(reason.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
         let ticket = self.feed.publish(&mut tx, &hashes, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
@@ -478,7 +599,7 @@ impl SessionStore for PostgresStore {
 
     async fn revoke_all(
         &self,
-        user_id: Uuid,
+        user_id: &U,
         except: Option<Uuid>,
         reason: RevocationReason,
         now: OffsetDateTime,
@@ -486,42 +607,27 @@ impl SessionStore for PostgresStore {
         const OP: &str = "revoke a user's sessions";
         let mut tx = self.begin(OP).await?;
         lock_user(&mut tx, user_id, OP).await?;
-        sqlx::query(
-            "INSERT INTO session_user_fences (user_id, epoch) VALUES ($1, 1) \
-             ON CONFLICT (user_id) DO UPDATE SET epoch = session_user_fences.epoch + 1",
-        )
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
-        let rows = sqlx::query(
-            "UPDATE sessions SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
-             WHERE id IN (SELECT id FROM sessions \
-                 WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 \
-                 ORDER BY id FOR UPDATE) \
-             RETURNING token_hash",
-        )
-        .bind(user_id)
-        .bind(except)
-        .bind(now)
-        .bind(reason.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        bind_user(sqlx::query(q(&self.sql.bump_fence)), user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
+        let rows = bind_user(sqlx::query(q(&self.sql.revoke_all)), user_id)
+            .bind(except)
+            .bind(now)
+            .bind(reason.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
         // A revocation of the same sessions that committed moments ago may still be waiting
         // for a silent instance's lease: publish those hashes again, so that this call, too,
         // returns only once every instance dropped them (a repeated "sign out everywhere").
-        let recent = sqlx::query(
-            "SELECT token_hash FROM sessions \
-             WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at >= $3",
-        )
-        .bind(user_id)
-        .bind(except)
-        .bind(now - self.feed.lease() * 2)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| StoreError::new(OP, e))?;
+        let recent = bind_user(sqlx::query(q(&self.sql.recently_revoked)), user_id)
+            .bind(except)
+            .bind(now - self.feed.lease() * 2)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(OP, e))?;
         let mut published = hashes_from_rows(&recent, OP)?;
         published.extend(hashes.iter().copied());
         published.sort_unstable_by_key(|hash| *hash.as_bytes());
@@ -533,7 +639,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
-        touch_with(&self.pool, touches)
+        self.touch_with(&self.pool, touches)
             .await
             .map_err(|e| StoreError::new("record session activity", e))
     }
@@ -543,7 +649,8 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
         revoked_before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2")
+        // Retired token hashes go with their session (ON DELETE CASCADE).
+        let result = sqlx::query(q(&self.sql.cleanup))
             .bind(now)
             .bind(revoked_before)
             .execute(&self.pool)
