@@ -1,14 +1,17 @@
 //! The demo's own accounts: users with argon2id password hashes, and password-reset tokens.
 //! The SQL for both databases lives here, written out.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
 use session_layer::{SessionToken, TokenHash};
 use sqlx::{PgPool, SqlitePool};
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::hashing::Hasher;
 
 /// How long a password-reset token is valid.
 pub(crate) const RESET_TOKEN_LIFETIME: time::Duration = time::Duration::hours(1);
@@ -180,6 +183,32 @@ impl Db {
         Ok(token)
     }
 
+    /// How many reset tokens were issued to the user within the last hour (used ones included):
+    /// a token expires one hour after it is issued, so these are the unexpired ones.
+    pub(crate) async fn reset_tokens_issued_last_hour(
+        &self,
+        user_id: Uuid,
+    ) -> Result<i64, ApiError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let count = match self {
+            Self::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND expires_at > $2",
+            )
+            .bind(user_id)
+            .bind(now)
+            .fetch_one(pool)
+            .await,
+            Self::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = ?1 AND expires_at > ?2",
+            )
+            .bind(user_id)
+            .bind(now)
+            .fetch_one(pool)
+            .await,
+        };
+        count.map_err(|e| ApiError::database(&e))
+    }
+
     /// The user of an unused, unexpired reset token, without using it up.
     pub(crate) async fn reset_token_user(
         &self,
@@ -296,62 +325,138 @@ impl Db {
     }
 }
 
-/// Argon2id hashing, off the async threads (a hash takes tens of milliseconds of CPU).
+/// Argon2id hashing, off the async threads (a hash takes tens of milliseconds of CPU and
+/// 19 MiB of memory), at most one per core at a time.
+///
+/// Hashes run on a pool of dedicated threads, one per core, fed by a bounded queue
+/// ([`QUEUE_PER_CORE`] waiting jobs per core); a request that finds the queue full is refused at
+/// once with `503 busy` (`demo-app/API.md`, "Throttling and bounded hashing"). So at most one
+/// hash per core exists at a time, even when the requests that asked for them have gone away.
+/// Each of these threads keeps one argon2 memory area for good ([`crate::hashing`]), so the
+/// hashing memory of the process is one area per core whatever the load.
 #[derive(Debug, Clone)]
 pub(crate) struct Passwords {
     /// A hash of a random password, verified against when the email is unknown so that the
     /// answer takes as long as for a wrong password.
-    dummy_hash: std::sync::Arc<str>,
+    dummy_hash: Arc<str>,
+    jobs: SyncSender<Job>,
 }
+
+/// Jobs that may wait for a hasher, per core.
+pub(crate) const QUEUE_PER_CORE: usize = 4;
+
+type Job = Box<dyn FnOnce() + Send>;
 
 impl Passwords {
     pub(crate) async fn new() -> Result<Self, ApiError> {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let jobs = start_hashers(cores, cores * QUEUE_PER_CORE).map_err(|error| {
+            tracing::error!(%error, "could not start the password hashing threads");
+            ApiError::Unavailable
+        })?;
+        let mut passwords = Self {
+            dummy_hash: Arc::from(""),
+            jobs,
+        };
         let random = SessionToken::generate().map_err(|error| {
             tracing::error!(%error, "could not generate the dummy password");
             ApiError::Unavailable
         })?;
-        let dummy_hash = hash(random.expose()).await?;
-        Ok(Self {
-            dummy_hash: dummy_hash.into(),
-        })
+        passwords.dummy_hash = passwords.hash(random.expose().to_owned()).await?.into();
+        Ok(passwords)
     }
 
     /// Hashes a password to a PHC string (`$argon2id$v=19$…`).
     pub(crate) async fn hash(&self, password: String) -> Result<String, ApiError> {
-        hash(password).await
+        self.run(move || Hasher::hash(password.as_bytes()))
+            .await?
+            .map_err(|error| {
+                tracing::error!(%error, "password hashing failed");
+                ApiError::Unavailable
+            })
     }
 
     /// Whether `password` matches `stored`; with `None` (unknown email) the dummy hash is
-    /// verified and the answer is `false`, in the same time.
-    pub(crate) async fn verify(&self, password: String, stored: Option<String>) -> bool {
+    /// verified and the answer is `false`, in the same time. `Err` only when busy.
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, ApiError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let matches = tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .verify_password(password.as_bytes(), stored.as_str())
-                .is_ok()
+        let matches = self
+            .run(move || Hasher::verify(password.as_bytes(), &stored))
+            .await?;
+        Ok(known && matches)
+    }
+
+    /// Runs `work` on a hashing thread; `503 busy` when the queue is full.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The requester may be gone; the work is done either way.
+            let _ = done.send(work());
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("password hashers busy and their queue full; refusing");
+                return Err(ApiError::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("the password hashing threads are gone");
+                return Err(ApiError::Unavailable);
+            }
+        }
+        result.await.map_err(|_| {
+            tracing::error!("a password hashing job ended without a result");
+            ApiError::Unavailable
         })
-        .await
-        .unwrap_or(false);
-        known && matches
     }
 }
 
-async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, "password hashing task failed");
-        ApiError::Unavailable
-    })?
-    .map_err(|error| {
-        tracing::error!(%error, "password hashing failed");
-        ApiError::Unavailable
-    })
+/// Starts `threads` hashing threads behind a queue of `queue` jobs. They end when every sender
+/// is dropped.
+fn start_hashers(threads: usize, queue: usize) -> std::io::Result<SyncSender<Job>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(queue);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for n in 0..threads {
+        let receiver = Arc::clone(&receiver);
+        std::thread::Builder::new()
+            .name(format!("argon2-{n}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job, not while running it.
+                    let next = match receiver.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    let Ok(job) = next else { break };
+                    // A panicking job (none is expected) must not take the thread with it; its
+                    // requester sees the dropped result and answers 503.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+    }
+    Ok(sender)
+}
+
+/// Whether the text holds a control character (NUL, newline, escape, DEL, C1…), which no email
+/// or device name has and PostgreSQL refuses (NUL) in text columns.
+pub(crate) fn has_control(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+/// Longest device name, in characters.
+pub(crate) const MAX_DEVICE_NAME_CHARS: usize = 100;
+
+/// A device name is at most [`MAX_DEVICE_NAME_CHARS`] characters, without control characters.
+pub(crate) fn is_valid_device_name(name: &str) -> bool {
+    !has_control(name) && name.chars().count() <= MAX_DEVICE_NAME_CHARS
 }
 
 /// Trims and lower-cases an email, the form it is stored and compared in.
@@ -362,7 +467,7 @@ pub(crate) fn normalize_email(email: &str) -> String {
 /// A sane, simple address check: one `@`, a non-empty local part, a domain with a dot that
 /// neither starts nor ends with it, no whitespace.
 pub(crate) fn is_valid_email(email: &str) -> bool {
-    if email.len() > 254 || email.chars().any(char::is_whitespace) {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
     let mut parts = email.split('@');
@@ -400,10 +505,21 @@ mod tests {
             "a@b.co@d.ef",
             "a@.co",
             "a@b.",
+            "a\u{0}b@example.com",
+            "ab@exa\u{7}mple.com",
+            "ab@example.com\u{1b}",
         ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
         assert_eq!(normalize_email("  Alice@Example.COM "), "alice@example.com");
+    }
+
+    #[test]
+    fn device_names_have_no_control_characters() {
+        assert!(is_valid_device_name("Work laptop \u{e9}"));
+        assert!(!is_valid_device_name("laptop\u{0}"));
+        assert!(!is_valid_device_name("line\nbreak"));
+        assert!(!is_valid_device_name(&"x".repeat(101)));
     }
 
     #[test]
@@ -422,8 +538,37 @@ mod tests {
             passwords
                 .verify("correct horse".to_owned(), Some(hash.clone()))
                 .await
+                .unwrap()
         );
-        assert!(!passwords.verify("wrong horse".to_owned(), Some(hash)).await);
-        assert!(!passwords.verify("anything".to_owned(), None).await);
+        assert!(
+            !passwords
+                .verify("wrong horse".to_owned(), Some(hash))
+                .await
+                .unwrap()
+        );
+        assert!(!passwords.verify("anything".to_owned(), None).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_beyond_the_queue_is_refused_as_busy() {
+        let passwords = Passwords::new().await.unwrap();
+        let burst = 64;
+        let tasks: Vec<_> = (0..burst)
+            .map(|_| {
+                let passwords = passwords.clone();
+                tokio::spawn(async move { passwords.hash("correct horse".to_owned()).await })
+            })
+            .collect();
+        let (mut done, mut busy) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => done += 1,
+                Err(ApiError::Busy) => busy += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(done >= 1 && busy >= 1, "done {done}, busy {busy}");
+        // Served again once the burst is over.
+        passwords.hash("correct horse".to_owned()).await.unwrap();
     }
 }

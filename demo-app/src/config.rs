@@ -1,4 +1,4 @@
-//! The environment variables of the contract (`../shared/demo-api.md`, "Starting it").
+//! The environment variables of the contract (`demo-app/API.md`, "Starting it").
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -20,15 +20,15 @@ pub enum ApiError {
     /// 403: the current password given for a password change is wrong.
     #[error("the current password is wrong")]
     InvalidPassword,
-    /// 403: a cookie-authenticated state change came from another site.
-    #[error("cross-site request refused")]
-    ForbiddenOrigin,
     /// 409: an account with that email exists.
     #[error("an account with this email already exists")]
     EmailTaken,
     /// 422: the email is not an address.
     #[error("that is not an email address")]
     InvalidEmail,
+    /// 422: the device name holds a control character or is too long.
+    #[error("the device name must be at most 100 characters, without control characters")]
+    InvalidDeviceName,
     /// 422: the password has fewer than 8 characters.
     #[error("the password must have at least 8 characters")]
     WeakPassword,
@@ -50,6 +50,12 @@ pub enum ApiError {
     /// 405: the route exists, not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// 429: too many failed password attempts from this address; retry after the duration.
+    #[error("too many failed attempts; try again later")]
+    TooManyAttempts(std::time::Duration),
+    /// 503: every password hasher is busy and the queue is full; retry in a moment.
+    #[error("the server is busy; try again in a moment")]
+    Busy,
     /// 503: the database could not be reached; logged with its cause.
     #[error("the service is temporarily unavailable; try again shortly")]
     Unavailable,
@@ -61,9 +67,9 @@ impl ApiError {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidPassword => (StatusCode::FORBIDDEN, "invalid_password"),
-            Self::ForbiddenOrigin => (StatusCode::FORBIDDEN, "forbidden_origin"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::InvalidEmail => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
+            Self::InvalidDeviceName => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_device_name"),
             Self::WeakPassword => (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
             Self::InvalidResetToken => (StatusCode::BAD_REQUEST, "invalid_reset_token"),
             Self::InvalidSessionId => (StatusCode::BAD_REQUEST, "invalid_session_id"),
@@ -73,6 +79,8 @@ impl ApiError {
             Self::SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
         }
     }
@@ -108,11 +116,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = Json(json!({ "error": code, "message": self.to_string() }));
+        let retry_after = match self {
+            // Whole seconds, rounded up: retrying at that moment succeeds.
+            Self::TooManyAttempts(wait) => {
+                Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+            }
+            Self::Busy | Self::Unavailable => Some(1),
+            _ => None,
+        };
         let mut response = (status, body).into_response();
-        if matches!(self, Self::Unavailable) {
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

@@ -1,18 +1,18 @@
-//! The session-layer demo: an Axum app that serves the HTTP contract in `shared/demo-api.md`.
+//! The session-layer demo: an Axum app that serves the HTTP contract in `demo-app/API.md`.
 //!
 //! [`build_app`] connects the database (SQLite or PostgreSQL), runs the migrations of the library
-//! and of the app, and returns the [`Router`] plus an [`AppHandle`] for shutdown. `main.rs` binds
-//! it to `BIND_ADDR`; the end-to-end tests bind it to an ephemeral port.
+//! and of the app, and returns the [`Router`] plus an [`AppHandle`] for shutdown; [`serve`]
+//! serves it (request-head timeout, bounded graceful shutdown). `main.rs` binds it to
+//! `BIND_ADDR`; the end-to-end tests bind it to an ephemeral port.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::net::SocketAddr;
-//! use demo_app::{AppConfig, build_app};
+//! use demo_app::{AppConfig, build_app, serve};
 //!
 //! let config = AppConfig::from_env()?;
 //! let (router, handle) = build_app(config).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! serve(listener, router, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! handle.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -22,20 +22,34 @@
 mod accounts;
 pub mod config;
 mod error;
-mod middleware;
+mod hashing;
 mod page;
+mod reset;
 mod routes;
+pub mod server;
+mod throttle;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Response, header};
 use axum::routing::{delete, get, post};
-use session_layer::{PostgresStore, SessionLayer, SessionManager, SqliteStore};
+use session_layer::{CrossSiteGuard, PostgresStore, SessionLayer, SessionManager, SqliteStore};
 use tokio::task::JoinHandle;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 pub use config::{AppConfig, ConfigError};
 pub use error::{ApiError, ApiJson};
+pub use server::serve;
 
 use accounts::{Db, Passwords};
+use reset::ResetQueue;
 use routes::{AppState, auth, sessions};
+use throttle::Throttle;
 
 /// The app could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +73,7 @@ pub enum StartError {
 pub struct AppHandle {
     sessions: SessionManager,
     cleanup: JoinHandle<()>,
+    resets: JoinHandle<()>,
 }
 
 impl AppHandle {
@@ -68,10 +83,11 @@ impl AppHandle {
         &self.sessions
     }
 
-    /// Stops the cleanup task and writes pending `last_active_at` updates. Call it after the
-    /// server stopped accepting requests.
+    /// Stops the cleanup and reset tasks and writes pending `last_active_at` updates. Call it
+    /// after the server stopped accepting requests.
     pub async fn shutdown(self) {
         self.cleanup.abort();
+        self.resets.abort();
         self.sessions.shutdown().await;
     }
 }
@@ -79,8 +95,8 @@ impl AppHandle {
 /// Connects the database named by `config.database_url`, runs the migrations of the session
 /// library and of the app, starts the session cleanup task, and returns the router.
 ///
-/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that sessions record
-/// the client address.
+/// Serve it with [`serve`] (or axum's `into_make_service_with_connect_info::<SocketAddr>()`) so
+/// that sessions record the client address.
 ///
 /// # Errors
 ///
@@ -100,20 +116,32 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
     db.migrate().await?;
     let passwords = Passwords::new().await.map_err(|_| StartError::Passwords)?;
     let cleanup = sessions.spawn_cleanup(config.cleanup_period);
+    let (resets, reset_worker) = ResetQueue::start(db.clone());
 
     let state = AppState {
         sessions: sessions.clone(),
         db,
         passwords,
+        throttle: Arc::new(Throttle::new()),
+        resets,
     };
     let router = router(state);
-    Ok((router, AppHandle { sessions, cleanup }))
+    Ok((
+        router,
+        AppHandle {
+            sessions,
+            cleanup,
+            resets: reset_worker,
+        },
+    ))
 }
 
 fn router(state: AppState) -> Router {
     let manager = state.sessions.clone();
     Router::new()
         .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/app.css", get(page::styles))
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
@@ -133,8 +161,47 @@ fn router(state: AppState) -> Router {
         .route("/api/sessions/revoke-others", post(sessions::revoke_others))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside the session layer: it sees whether a bearer token authenticated the request.
+        .layer(CrossSiteGuard::new())
         .layer(SessionLayer::new(manager))
-        .layer(axum::middleware::from_fn(middleware::reject_cross_site))
-        .layer(axum::middleware::from_fn(middleware::log_request))
+        // Headers of `demo-app/API.md`, "Hardening that clients can observe". Pages set their
+        // own policy; everything else (JSON) gets one that allows nothing.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        // One INFO line per request: method, path (never the query), status, latency. Bodies
+        // and headers, where tokens and passwords travel, are never logged.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = request.uri().path(),
+                    )
+                })
+                .on_request(())
+                .on_response(|response: &Response<_>, latency: Duration, _: &Span| {
+                    tracing::info!(
+                        status = response.status().as_u16(),
+                        latency_ms = format_args!("{:.1}", latency.as_secs_f64() * 1000.0),
+                        "answered"
+                    );
+                })
+                .on_failure(()),
+        )
         .with_state(state)
 }

@@ -1,10 +1,9 @@
 //! `cargo run -p demo-app`: serves the demo on `BIND_ADDR` (default 127.0.0.1:3000) with the
 //! database of `DATABASE_URL` (default: an SQLite file in the working directory).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use demo_app::{AppConfig, build_app};
+use demo_app::{AppConfig, build_app, serve};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -43,12 +42,9 @@ async fn run(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {bind_addr}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(database, "listening on http://{local}");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    // Stops accepting on the signal; in-flight requests finish, other connections are closed,
+    // within `demo_app::server::SHUTDOWN_GRACE` at most.
+    serve(listener, router, shutdown_signal()).await?;
     tracing::info!("shutting down: writing pending session activity");
     handle.shutdown().await;
     tracing::info!("stopped");

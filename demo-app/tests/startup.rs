@@ -84,8 +84,13 @@ fn starts_on_a_fresh_sqlite_file_and_stops_gracefully_on_sigterm() {
         logs.contains(&format!("listening on http://127.0.0.1:{port}")),
         "{logs}"
     );
+    // One line per request: method, path, status, latency.
     assert!(
-        logs.contains(r#"method=GET path="/api/me" status=401"#),
+        logs.lines().any(
+            |line| line.contains(r#"request{method=GET path="/api/me"}"#)
+                && line.contains("status=401")
+                && line.contains("latency_ms=")
+        ),
         "{logs}"
     );
     assert!(logs.contains("stopped"), "{logs}");

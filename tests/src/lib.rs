@@ -9,7 +9,6 @@ pub mod webdriver;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -75,11 +74,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("local address");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+            demo_app::serve(listener, router, async {
                 let _ = stopped.await;
             })
             .await
@@ -251,6 +246,22 @@ impl Device {
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        self.send_bytes(method, path, body, &headers).await
+    }
+
+    /// Like [`send`](Self::send), with header values as raw bytes (obs-text such as `\xff`
+    /// included, as a misbehaving client or proxy may send).
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &[u8])],
+    ) -> Reply {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(cookie) = self.cookie() {
             request = request.header("cookie", format!("session={cookie}"));
@@ -265,7 +276,7 @@ impl Device {
         }
         for (name, value) in headers {
             let name = HeaderName::from_bytes(name.as_bytes()).expect("header name");
-            let value = HeaderValue::from_bytes(value.as_bytes()).expect("header value");
+            let value = HeaderValue::from_bytes(value).expect("header value");
             request = request.header(name, value);
         }
         let response = request.send().await.expect("request failed");

@@ -1,5 +1,6 @@
 //! A tiny W3C WebDriver client over reqwest, for headless Chromium through `chromedriver`.
-//! Just what the browser test needs: navigate, find, type, click, read text, screenshot.
+//! Just what the browser test needs: navigate, find, type, click, read text, answer prompts,
+//! screenshot.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -274,6 +275,40 @@ impl Browser {
             Some(json!({"script": script, "args": []})),
         )
         .await
+    }
+
+    /// Waits (up to `timeout`) for a user prompt (`alert`, `confirm`) and returns its text.
+    pub async fn wait_for_alert(&self, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            match try_call(
+                &self.http,
+                reqwest::Method::GET,
+                &format!("{}/alert/text", self.base),
+                None,
+            )
+            .await
+            {
+                Ok(text) => return text.as_str().unwrap_or_default().to_owned(),
+                Err(error) => assert!(
+                    start.elapsed() < timeout,
+                    "no prompt after {timeout:?}: {error:.300}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Accepts the open prompt ("OK").
+    pub async fn accept_alert(&self) {
+        self.cmd(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+            .await;
+    }
+
+    /// Dismisses the open prompt ("Cancel").
+    pub async fn dismiss_alert(&self) {
+        self.cmd(reqwest::Method::POST, "/alert/dismiss", Some(json!({})))
+            .await;
     }
 
     /// Ends the browser session.

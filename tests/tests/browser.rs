@@ -1,5 +1,6 @@
-//! The web page in headless Chromium: sign in, see two sessions, revoke the other one, and the
-//! other client is refused on its next request.
+//! The web page in headless Chromium: sign in, see two sessions, revoke the other one after
+//! confirming (the other client is refused on its next request), see a new sign-in appear by
+//! itself, and be told when this device is signed out from elsewhere.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -71,10 +72,27 @@ async fn page_signs_in_lists_two_sessions_and_revokes_the_other_device() {
     let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     browser.screenshot(&screenshots.join("sessions.png")).await;
 
+    // Revoking asks first; "Cancel" leaves the session alone.
     let revoke = browser
         .wait_for("#sessions li.session:not(.current) button.revoke", WAIT)
         .await;
     browser.click(&revoke).await;
+    let question = browser.wait_for_alert(WAIT).await;
+    assert!(
+        question.contains("Sign out") && question.contains("Safari on iPhone"),
+        "{question}"
+    );
+    browser.dismiss_alert().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(browser.find_all("#sessions li.session").await.len(), 2);
+    phone.get("/api/me").await.expect(200);
+    // "OK" revokes it.
+    let revoke = browser
+        .wait_for("#sessions li.session:not(.current) button.revoke", WAIT)
+        .await;
+    browser.click(&revoke).await;
+    browser.wait_for_alert(WAIT).await;
+    browser.accept_alert().await;
     let start = Instant::now();
     while browser.find_all("#sessions li.session").await.len() != 1 {
         assert!(
@@ -94,6 +112,52 @@ async fn page_signs_in_lists_two_sessions_and_revokes_the_other_device() {
         .get("/api/me")
         .await
         .expect_error(401, "unauthenticated");
+
+    // A new sign-in elsewhere shows up in the list by itself (no click, no reload).
+    let tablet = app.device(SAFARI_IPHONE);
+    tablet.login_bearer(&email, PASSWORD).await;
+    let start = Instant::now();
+    while browser.find_all("#sessions li.session").await.len() != 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the new session did not appear by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // That device signs this one out: the page says so and offers the sign-in form.
+    let listed = tablet.get("/api/sessions").await;
+    let browser_session = listed.json["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["device_name"] == "Test browser")
+        .expect("the browser's session is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tablet
+        .delete(&format!("/api/sessions/{browser_session}"))
+        .await
+        .expect(204);
+    let notice = browser
+        .wait_for(
+            "#signed-out:not([hidden]) #signed-out-notice:not([hidden])",
+            WAIT,
+        )
+        .await;
+    let notice_text = browser.text(&notice).await;
+    assert!(
+        notice_text.contains("This device was signed out"),
+        "{notice_text}"
+    );
+    assert!(browser.find("#signed-in:not([hidden])").await.is_none());
+    browser
+        .wait_for("#signed-out:not([hidden]) #email", WAIT)
+        .await;
+    browser
+        .screenshot(&screenshots.join("signed-out-elsewhere.png"))
+        .await;
 
     browser.quit().await;
     drop(driver);

@@ -14,7 +14,9 @@ use session_layer::{
 use uuid::Uuid;
 
 use super::{AppState, PeerIp, SessionView};
-use crate::accounts::{is_strong_enough, is_valid_email, normalize_email};
+use crate::accounts::{
+    has_control, is_strong_enough, is_valid_device_name, is_valid_email, normalize_email,
+};
 use crate::error::{ApiError, ApiJson};
 
 #[derive(Deserialize)]
@@ -64,6 +66,10 @@ pub(crate) struct Login {
 }
 
 /// `POST /api/auth/login` → `{"session"}` + cookie, or `{"session", "token"}` for bearer.
+///
+/// Throttled per client address (`demo-app/API.md`, "Throttling"): the attempt is counted
+/// before anything is looked up, and refused with `429` once the address has too many recent
+/// failures, whatever the password.
 pub(crate) async fn login(
     State(state): State<AppState>,
     PeerIp(peer): PeerIp,
@@ -71,30 +77,42 @@ pub(crate) async fn login(
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
-    let found = state.db.user_id_by_email(&email).await?;
-    // An unknown email takes the same steps against an id no user has, and is verified against
-    // a dummy hash: same answer, same time.
-    let probe = found.unwrap_or(Uuid::nil());
-    // The fence is read before the password hash: a password change or reset that commits after
-    // this read fences this sign-in out, so proving the old password cannot yield a session.
-    let fence = state.sessions.fence(probe).await?;
-    let stored = state
-        .db
-        .password_hash(probe)
-        .await?
-        .filter(|_| found.is_some());
-    let verified = state.passwords.verify(body.password, stored).await;
-    let Some(user_id) = found.filter(|_| verified) else {
-        tracing::info!("login refused: invalid credentials");
-        return Err(ApiError::InvalidCredentials);
+    // Values no account can hold are refused before any database call (PostgreSQL refuses a
+    // NUL in text, SQLite would store it).
+    if has_control(&email) {
+        return Err(ApiError::InvalidEmail);
+    }
+    if body
+        .device_name
+        .as_deref()
+        .is_some_and(|name| !is_valid_device_name(name))
+    {
+        return Err(ApiError::InvalidDeviceName);
+    }
+    let client_ip = state.sessions.client_ip(&headers, peer);
+    let attempt = state.throttle.begin(client_ip, &email).await?;
+    let checked = check_password(&state, &email, body.password).await;
+    let (user_id, fence) = match checked {
+        Ok(Some(proved)) => proved,
+        Ok(None) => {
+            // Counted as a failure: `attempt` stays in the window.
+            drop(attempt);
+            tracing::info!("login refused: invalid credentials");
+            return Err(ApiError::InvalidCredentials);
+        }
+        Err(error) => {
+            state.throttle.undo(attempt).await;
+            return Err(error);
+        }
     };
+    state.throttle.succeeded(attempt).await;
 
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let new = NewSession::new(user_id)
         .user_agent(user_agent)
-        .ip_address(state.sessions.client_ip(&headers, peer))
+        .ip_address(client_ip)
         .device_name(body.device_name.as_deref())
         .fence(fence);
     let (token, session) = match state.sessions.create(new).await {
@@ -114,6 +132,29 @@ pub(crate) async fn login(
         SessionView::new_signed_in(session),
         body.transport == RequestedTransport::Bearer,
     ))
+}
+
+/// The user and the fence read before the hash when `password` is the account's, `None` when
+/// the email is unknown or the password wrong (the same steps either way).
+async fn check_password(
+    state: &AppState,
+    email: &str,
+    password: String,
+) -> Result<Option<(Uuid, session_layer::Fence)>, ApiError> {
+    let found = state.db.user_id_by_email(email).await?;
+    // An unknown email takes the same steps against an id no user has, and is verified against
+    // a dummy hash: same answer, same time.
+    let probe = found.unwrap_or(Uuid::nil());
+    // The fence is read before the password hash: a password change or reset that commits after
+    // this read fences this sign-in out, so proving the old password cannot yield a session.
+    let fence = state.sessions.fence(probe).await?;
+    let stored = state
+        .db
+        .password_hash(probe)
+        .await?
+        .filter(|_| found.is_some());
+    let verified = state.passwords.verify(password, stored).await?;
+    Ok(found.filter(|_| verified).map(|user_id| (user_id, fence)))
 }
 
 /// The answer that hands a token over: a cookie, or the token in the body for bearer clients.
@@ -194,20 +235,36 @@ pub(crate) struct PasswordChange {
 }
 
 /// `POST /api/auth/password` → `204`; every other session of the user is revoked.
+///
+/// `current_password` is guarded by the login throttle (same windows, keyed by the account's
+/// email and the client address).
 pub(crate) async fn change_password(
     State(state): State<AppState>,
+    PeerIp(peer): PeerIp,
+    headers: HeaderMap,
     current: CurrentSession,
     ApiJson(body): ApiJson<PasswordChange>,
 ) -> Result<Response, ApiError> {
-    let Some((_, stored)) = state.db.user_by_id(current.user_id()).await? else {
+    let Some((email, stored)) = state.db.user_by_id(current.user_id()).await? else {
         return Ok(unauthenticated(&current));
     };
-    if !state
+    let client_ip = state.sessions.client_ip(&headers, peer);
+    let attempt = state.throttle.begin(client_ip, &email).await?;
+    match state
         .passwords
         .verify(body.current_password, Some(stored))
         .await
     {
-        return Err(ApiError::InvalidPassword);
+        Ok(true) => state.throttle.succeeded(attempt).await,
+        Ok(false) => {
+            // Counted as a failure: `attempt` stays in the window.
+            drop(attempt);
+            return Err(ApiError::InvalidPassword);
+        }
+        Err(error) => {
+            state.throttle.undo(attempt).await;
+            return Err(error);
+        }
     }
     if !is_strong_enough(&body.new_password) {
         return Err(ApiError::WeakPassword);
@@ -235,18 +292,18 @@ pub(crate) struct ResetRequest {
     email: String,
 }
 
-/// `POST /api/auth/password-reset/request` → `202`, whether or not the account exists.
+/// `POST /api/auth/password-reset/request` → `202`, whether or not the account exists: the
+/// same steps for every well-formed body (queue the email, answer), the work happens later on
+/// the reset task (see [`crate::reset`]).
 pub(crate) async fn request_password_reset(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
-    if let Some(user_id) = state.db.user_id_by_email(&email).await? {
-        let token = state.db.create_reset_token(user_id).await?;
-        // The demo has no mailer: this line stands in for the email (the contract's one
-        // exception to "no secret in logs").
-        tracing::info!("password reset token for {email}: {}", token.expose());
+    if has_control(&email) {
+        return Err(ApiError::InvalidEmail);
     }
+    state.resets.push(email);
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -1,6 +1,7 @@
 //! The JSON API of the contract, and what its handlers share.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -10,6 +11,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::accounts::{Db, Passwords};
+use crate::reset::ResetQueue;
+use crate::throttle::Throttle;
 
 pub(crate) mod auth;
 pub(crate) mod sessions;
@@ -20,10 +23,12 @@ pub(crate) struct AppState {
     pub(crate) sessions: SessionManager,
     pub(crate) db: Db,
     pub(crate) passwords: Passwords,
+    pub(crate) throttle: Arc<Throttle>,
+    pub(crate) resets: ResetQueue,
 }
 
-/// The socket peer's address, when the server was started with
-/// `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The socket peer's address: [`crate::serve`] (or axum's
+/// `into_make_service_with_connect_info::<SocketAddr>()`) provides it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerIp(pub(crate) Option<IpAddr>);
 
