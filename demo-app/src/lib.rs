@@ -36,6 +36,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Response, header};
 use axum::routing::{delete, get, post};
+use session_layer::store::Tables;
 use session_layer::{CrossSiteGuard, PostgresStore, SessionLayer, SessionManager, SqliteStore};
 use tokio::task::JoinHandle;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -102,18 +103,26 @@ impl AppHandle {
 ///
 /// [`StartError`] when the database cannot be reached or migrated.
 pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartError> {
+    // Sessions sit beside the accounts, in their own schema (PostgreSQL) or under their own
+    // prefix (SQLite), with a foreign key to `users`: deleting a user deletes their sessions.
+    // The accounts are migrated first, so the key has a table to point at.
     let (db, sessions) = if config.database_url.starts_with("sqlite:") {
-        let store = SqliteStore::connect(&config.database_url).await?;
-        store.migrate().await?;
+        let tables = Tables::new().prefix("auth_").references("users", "id");
+        let store = SqliteStore::connect_with(&config.database_url, tables).await?;
         let db = Db::Sqlite(store.pool().clone());
+        db.migrate().await?;
+        store.migrate().await?;
         (db, SessionManager::new(store, config.session.clone())?)
     } else {
-        let store = PostgresStore::connect(&config.database_url).await?;
-        store.migrate().await?;
+        let tables = Tables::new()
+            .schema("auth")
+            .references("public.users", "id");
+        let store = PostgresStore::connect_with(&config.database_url, tables).await?;
         let db = Db::Postgres(store.pool().clone());
+        db.migrate().await?;
+        store.migrate().await?;
         (db, SessionManager::new(store, config.session.clone())?)
     };
-    db.migrate().await?;
     let passwords = Passwords::new().await.map_err(|_| StartError::Passwords)?;
     let cleanup = sessions.spawn_cleanup(config.cleanup_period);
     let (resets, reset_worker) = ResetQueue::start(db.clone());

@@ -5,10 +5,11 @@ mod common;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use session_layer::store::{Inserted, Liveness, SessionInsert, TokenMatch};
 use common::TestUser;
+use session_layer::store::{Inserted, Liveness, SessionInsert, TokenMatch};
 use session_layer::{
-    DeviceType, Fence, UserId, RevocationReason, Session, SessionStore, SessionToken, StoreError, TokenHash,
+    DeviceType, Fence, RevocationReason, Session, SessionStore, SessionToken, StoreError,
+    TokenHash, UserId,
 };
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -100,7 +101,9 @@ async fn insert<U: UserId>(store: &dyn SessionStore<U>, s: &Session<U>) -> Token
     h
 }
 
-async fn inserted_session_is_found_by_its_hash_with_every_field<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn inserted_session_is_found_by_its_hash_with_every_field<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let mut s = session(&U::fresh(), base());
     s.ip_address = Some("2001:db8::1".parse::<IpAddr>().unwrap());
     let h = insert(&*store, &s).await;
@@ -226,7 +229,9 @@ async fn rotation_keeps_the_old_hash_as_previous<U: TestUser>(store: Arc<dyn Ses
     );
 }
 
-async fn concurrent_rotations_of_one_token_have_exactly_one_winner<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn concurrent_rotations_of_one_token_have_exactly_one_winner<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let s = session(&U::fresh(), base());
     let old = insert(&*store, &s).await;
     let attempts = (0..8).map(|_| {
@@ -279,7 +284,9 @@ async fn rotation_checks_owner_and_liveness<U: TestUser>(store: Arc<dyn SessionS
     );
 }
 
-async fn list_shows_only_the_users_live_sessions_most_recent_first<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn list_shows_only_the_users_live_sessions_most_recent_first<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let user = U::fresh();
     let now = base();
     let older = session(&user, now - Duration::hours(3));
@@ -314,7 +321,9 @@ async fn list_shows_only_the_users_live_sessions_most_recent_first<U: TestUser>(
     assert_eq!(ids, [recent.id, middle.id, older.id]);
 }
 
-async fn revoke_is_scoped_to_the_owner_and_happens_once<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn revoke_is_scoped_to_the_owner_and_happens_once<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let s = session(&U::fresh(), base());
     let h = insert(&*store, &s).await;
     let stranger = U::fresh();
@@ -351,7 +360,9 @@ async fn revoke_is_scoped_to_the_owner_and_happens_once<U: TestUser>(store: Arc<
     );
 }
 
-async fn revoke_all_spares_the_excepted_session_and_other_users<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn revoke_all_spares_the_excepted_session_and_other_users<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let user = U::fresh();
     let keep = session(&user, base());
     let keep_hash = insert(&*store, &keep).await;
@@ -381,7 +392,9 @@ async fn revoke_all_spares_the_excepted_session_and_other_users<U: TestUser>(sto
     assert_eq!(all, vec![keep_hash]);
 }
 
-async fn session_limit_revokes_the_least_recently_active<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn session_limit_revokes_the_least_recently_active<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let user = U::fresh();
     let now = base();
     let mut first = session(&user, now - Duration::hours(3));
@@ -408,7 +421,9 @@ async fn session_limit_revokes_the_least_recently_active<U: TestUser>(store: Arc
 }
 
 /// Finding 5 at the store level: uses seen only in memory decide the eviction.
-async fn session_limit_counts_activity_not_yet_written<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn session_limit_counts_activity_not_yet_written<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let user = U::fresh();
     let now = base();
     let used = session(&user, now - Duration::hours(2));
@@ -425,7 +440,9 @@ async fn session_limit_counts_activity_not_yet_written<U: TestUser>(store: Arc<d
     );
 }
 
-async fn touch_only_moves_last_active_forward_on_live_sessions<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn touch_only_moves_last_active_forward_on_live_sessions<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let s = session(&U::fresh(), base());
     let h = insert(&*store, &s).await;
     let later = base() + Duration::seconds(90);
@@ -452,7 +469,9 @@ async fn touch_only_moves_last_active_forward_on_live_sessions<U: TestUser>(stor
     store.touch(&[]).await.unwrap();
 }
 
-async fn cleanup_deletes_expired_and_long_revoked_rows_only<U: TestUser>(store: Arc<dyn SessionStore<U>>) {
+async fn cleanup_deletes_expired_and_long_revoked_rows_only<U: TestUser>(
+    store: Arc<dyn SessionStore<U>>,
+) {
     let user = U::fresh();
     let now = base();
     let live_one = insert(&*store, &session(&user, now)).await;

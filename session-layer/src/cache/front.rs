@@ -39,9 +39,7 @@ pub(super) fn get<U: Send + Sync + 'static>(
 ) -> Option<Arc<SessionEntry<U>>> {
     RECENT_ENTRIES.with_borrow(|slots| match &slots[slot_of(hash)] {
         Some(slot)
-            if slot.cache_id == cache_id
-                && slot.generation == generation
-                && slot.hash == *hash =>
+            if slot.cache_id == cache_id && slot.generation == generation && slot.hash == *hash =>
         {
             Arc::clone(&slot.entry)
                 .downcast::<SessionEntry<U>>()

@@ -148,11 +148,7 @@ impl<U: UserId> SessionCache<U> {
     /// cache maintenance; a lookup that would wait is answered `None`, and the caller's miss
     /// path then finds the entry without a store query. This keeps the hit path free of a boxed
     /// future.
-    pub(crate) fn get_now(
-        &self,
-        hash: &TokenHash,
-        now_mono: i64,
-    ) -> Option<Arc<SessionEntry<U>>> {
+    pub(crate) fn get_now(&self, hash: &TokenHash, now_mono: i64) -> Option<Arc<SessionEntry<U>>> {
         let sessions = self.sessions.as_ref()?;
         if !self.is_trusted(now_mono) {
             return None;

@@ -66,11 +66,15 @@ pub(crate) fn postgres(names: &Names) -> Migrator {
             sessions = names.sessions,
         )
     };
-    let mut migrator = migrator(POSTGRES, names, &[
-        ("{user_type}", user_type),
-        ("{fence_user_type}", fence_user_type),
-        ("{deleted_trigger}", &deleted_trigger),
-    ]);
+    let mut migrator = migrator(
+        POSTGRES,
+        names,
+        &[
+            ("{user_type}", user_type),
+            ("{fence_user_type}", fence_user_type),
+            ("{deleted_trigger}", &deleted_trigger),
+        ],
+    );
     migrator.dangerous_set_table_name(format!("{}{}", names.schema_dot, names.migrations));
     if let Some(schema) = &names.schema {
         migrator.create_schema(schema.clone());
@@ -89,10 +93,14 @@ pub(crate) fn sqlite(names: &Names) -> Migrator {
         UserIdKind::BigInt => ("INTEGER NOT NULL", "INTEGER PRIMARY KEY NOT NULL"),
         UserIdKind::Text => ("TEXT    NOT NULL", "TEXT    PRIMARY KEY NOT NULL"),
     };
-    let mut migrator = migrator(SQLITE, names, &[
-        ("{user_type}", user_type),
-        ("{fence_user_type}", fence_user_type),
-    ]);
+    let mut migrator = migrator(
+        SQLITE,
+        names,
+        &[
+            ("{user_type}", user_type),
+            ("{fence_user_type}", fence_user_type),
+        ],
+    );
     migrator.dangerous_set_table_name(names.migrations.clone());
     migrator
 }

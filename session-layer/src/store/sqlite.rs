@@ -56,16 +56,14 @@ impl Sql {
                  user_agent, ip_address, created_at, last_active_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             ),
-            evict: sql(
-                "UPDATE {sessions} SET revoked_at = MAX(?3, created_at), \
+            evict: sql("UPDATE {sessions} SET revoked_at = MAX(?3, created_at), \
                    revoked_reason = 'session_limit' \
                  WHERE id IN (SELECT id FROM {sessions} \
                      WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL \
                        AND expires_at > ?3 AND last_active_at > ?4 \
                      ORDER BY last_active_at DESC, created_at DESC, id DESC \
                      LIMIT -1 OFFSET ?5) \
-                 RETURNING token_hash",
-            ),
+                 RETURNING token_hash"),
             // A hash is random and 256 bits long, so at most one row matches either branch;
             // each branch is one plain index probe.
             find: sql(
@@ -75,46 +73,36 @@ impl Sql {
                  WHERE r.token_hash = ?1 \
                  LIMIT 1",
             ),
-            rotate: sql(
-                "UPDATE {sessions} SET token_hash = ?4 \
+            rotate: sql("UPDATE {sessions} SET token_hash = ?4 \
                  WHERE id = ?1 AND user_id = ?2 AND token_hash = ?3 AND revoked_at IS NULL \
                    AND expires_at > ?5 AND last_active_at > ?6 \
-                 RETURNING {columns}",
-            ),
+                 RETURNING {columns}"),
             retire: sql(
                 "INSERT INTO {retired} (token_hash, session_id, retired_at) VALUES (?1, ?2, ?3)",
             ),
-            list: sql(
-                "SELECT {columns} FROM {sessions} \
+            list: sql("SELECT {columns} FROM {sessions} \
                  WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 \
                    AND last_active_at > ?3 \
-                 ORDER BY last_active_at DESC, created_at DESC, id DESC",
-            ),
+                 ORDER BY last_active_at DESC, created_at DESC, id DESC"),
             revoke: sql(
                 "UPDATE {sessions} SET revoked_at = MAX(?3, created_at), revoked_reason = ?4 \
                  WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL AND expires_at > ?3 \
                  RETURNING token_hash",
             ),
-            bump_fence: sql(
-                "INSERT INTO {fences} (user_id, epoch) VALUES (?1, 1) \
-                 ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1",
-            ),
+            bump_fence: sql("INSERT INTO {fences} (user_id, epoch) VALUES (?1, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET epoch = epoch + 1"),
             revoke_all: sql(
                 "UPDATE {sessions} SET revoked_at = MAX(?3, created_at), revoked_reason = ?4 \
                  WHERE user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2 \
                  RETURNING token_hash",
             ),
             read_fence: sql("SELECT epoch FROM {fences} WHERE user_id = ?1"),
-            touch: sql(
-                "UPDATE {sessions} SET last_active_at = ?2 \
-                 WHERE id = ?1 AND revoked_at IS NULL AND last_active_at < ?2",
-            ),
+            touch: sql("UPDATE {sessions} SET last_active_at = ?2 \
+                 WHERE id = ?1 AND revoked_at IS NULL AND last_active_at < ?2"),
             // Explicit rather than through the foreign key, which a pool opened without
             // `foreign_keys` would not enforce.
-            cleanup_retired: sql(
-                "DELETE FROM {retired} WHERE session_id IN \
-                 (SELECT id FROM {sessions} WHERE expires_at < ?1 OR revoked_at < ?2)",
-            ),
+            cleanup_retired: sql("DELETE FROM {retired} WHERE session_id IN \
+                 (SELECT id FROM {sessions} WHERE expires_at < ?1 OR revoked_at < ?2)"),
             cleanup: sql("DELETE FROM {sessions} WHERE expires_at < ?1 OR revoked_at < ?2"),
         }
     }
@@ -358,19 +346,22 @@ impl<U: UserId> SessionStore<U> for SqliteStore<U> {
         {
             return Ok(Inserted::Fenced);
         }
-        bind_user(sqlx::query(q(&self.sql.insert)).bind(session.id), &session.user_id)
-            .bind(insert.token_hash.as_bytes().as_slice())
-            .bind(&session.device)
-            .bind(session.device_type.as_str())
-            .bind(&session.device_name)
-            .bind(&session.user_agent)
-            .bind(ip_text(session.ip_address))
-            .bind(micros(session.created_at))
-            .bind(micros(session.last_active_at))
-            .bind(micros(session.expires_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::new(OP, e))?;
+        bind_user(
+            sqlx::query(q(&self.sql.insert)).bind(session.id),
+            &session.user_id,
+        )
+        .bind(insert.token_hash.as_bytes().as_slice())
+        .bind(&session.device)
+        .bind(session.device_type.as_str())
+        .bind(&session.device_name)
+        .bind(&session.user_agent)
+        .bind(ip_text(session.ip_address))
+        .bind(micros(session.created_at))
+        .bind(micros(session.last_active_at))
+        .bind(micros(session.expires_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         let Some(max) = insert.max_active else {
             tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
             return Ok(Inserted::Created {
@@ -583,6 +574,8 @@ impl<U: UserId> SqliteStore<U> {
             .fetch_optional(conn)
             .await?;
         let epoch: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
-        Ok(Fence::new(epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0))))
+        Ok(Fence::new(
+            epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
+        ))
     }
 }

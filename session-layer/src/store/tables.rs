@@ -171,7 +171,9 @@ impl<U: UserId> Tables<U> {
             (None, "") => "session_layer_invalidate".to_owned(),
             (schema, prefix) => format!(
                 "{}{prefix}session_layer_invalidate",
-                schema.as_ref().map_or_else(String::new, |s| format!("{s}_"))
+                schema
+                    .as_ref()
+                    .map_or_else(String::new, |s| format!("{s}_"))
             ),
         };
         Ok(Names {

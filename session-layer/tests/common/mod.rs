@@ -187,10 +187,7 @@ impl<U: UserId> SessionStore<U> for ProbeStore<U> {
         self.inner.fence(user_id).await
     }
 
-    async fn find_by_token(
-        &self,
-        hash: &TokenHash,
-    ) -> Result<Option<FoundSession<U>>, StoreError> {
+    async fn find_by_token(&self, hash: &TokenHash) -> Result<Option<FoundSession<U>>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let found = self.inner.find_by_token(hash).await;
         if self.paused.load(Ordering::SeqCst) {

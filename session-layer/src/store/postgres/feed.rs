@@ -30,7 +30,6 @@ use crate::metrics;
 use crate::store::{Ack, Invalidation};
 use crate::token::TokenHash;
 
-
 /// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
 const HASHES_PER_NOTIFICATION: usize = 100;
 

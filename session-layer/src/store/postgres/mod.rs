@@ -79,30 +79,24 @@ impl Sql {
             ),
             // The `token_hash = $3` condition is re-checked under the row lock, so of two
             // concurrent rotations of one token exactly one updates a row.
-            rotate: sql(
-                "UPDATE {sessions} SET token_hash = $4 \
+            rotate: sql("UPDATE {sessions} SET token_hash = $4 \
                  WHERE id = $1 AND user_id = $2 AND token_hash = $3 AND revoked_at IS NULL \
                    AND expires_at > $5 AND last_active_at > $6 \
-                 RETURNING {columns}",
-            ),
+                 RETURNING {columns}"),
             retire: sql(
                 "INSERT INTO {retired} (token_hash, session_id, retired_at) VALUES ($1, $2, $3)",
             ),
-            list: sql(
-                "SELECT {columns} FROM {sessions} \
+            list: sql("SELECT {columns} FROM {sessions} \
                  WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
                    AND last_active_at > $3 \
-                 ORDER BY last_active_at DESC, created_at DESC, id DESC",
-            ),
+                 ORDER BY last_active_at DESC, created_at DESC, id DESC"),
             revoke: sql(
                 "UPDATE {sessions} SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
                  WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > $3 \
                  RETURNING token_hash",
             ),
-            bump_fence: sql(
-                "INSERT INTO {fences} (user_id, epoch) VALUES ($1, 1) \
-                 ON CONFLICT (user_id) DO UPDATE SET epoch = {fences}.epoch + 1",
-            ),
+            bump_fence: sql("INSERT INTO {fences} (user_id, epoch) VALUES ($1, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET epoch = {fences}.epoch + 1"),
             revoke_all: sql(
                 "UPDATE {sessions} SET revoked_at = GREATEST($3, created_at), revoked_reason = $4 \
                  WHERE id IN (SELECT id FROM {sessions} \
@@ -110,23 +104,19 @@ impl Sql {
                      ORDER BY id FOR UPDATE) \
                  RETURNING token_hash",
             ),
-            recently_revoked: sql(
-                "SELECT token_hash FROM {sessions} \
-                 WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at >= $3",
-            ),
+            recently_revoked: sql("SELECT token_hash FROM {sessions} \
+                 WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at >= $3"),
             read_fence: sql("SELECT epoch FROM {fences} WHERE user_id = $1"),
             // Rows are locked in id order and rows locked by others are skipped: a touch is an
             // optimisation of idle tracking, and waiting could deadlock with another instance's
             // batch or with a revocation.
-            touch: sql(
-                "WITH t AS (SELECT id, max(at) AS at \
+            touch: sql("WITH t AS (SELECT id, max(at) AS at \
                             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) GROUP BY id), \
                       locked AS (SELECT s.id, t.at FROM {sessions} s JOIN t ON s.id = t.id \
                                  WHERE s.revoked_at IS NULL AND s.last_active_at < t.at \
                                  ORDER BY s.id FOR UPDATE OF s SKIP LOCKED) \
                  UPDATE {sessions} AS s SET last_active_at = locked.at FROM locked \
-                 WHERE s.id = locked.id AND s.last_active_at < locked.at",
-            ),
+                 WHERE s.id = locked.id AND s.last_active_at < locked.at"),
             cleanup: sql("DELETE FROM {sessions} WHERE expires_at < $1 OR revoked_at < $2"),
         }
     }
@@ -411,7 +401,9 @@ impl<U: UserId> PostgresStore<U> {
             .fetch_optional(conn)
             .await?;
         let epoch: Option<i64> = row.map(|row| row.try_get(0)).transpose()?;
-        Ok(Fence::new(epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0))))
+        Ok(Fence::new(
+            epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
+        ))
     }
 }
 
@@ -448,19 +440,22 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         {
             return Ok(Inserted::Fenced);
         }
-        bind_user(sqlx::query(q(&self.sql.insert)).bind(session.id), &session.user_id)
-            .bind(insert.token_hash.as_bytes().as_slice())
-            .bind(&session.device)
-            .bind(session.device_type.as_str())
-            .bind(&session.device_name)
-            .bind(&session.user_agent)
-            .bind(session.ip_address)
-            .bind(session.created_at)
-            .bind(session.last_active_at)
-            .bind(session.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::new(OP, e))?;
+        bind_user(
+            sqlx::query(q(&self.sql.insert)).bind(session.id),
+            &session.user_id,
+        )
+        .bind(insert.token_hash.as_bytes().as_slice())
+        .bind(&session.device)
+        .bind(session.device_type.as_str())
+        .bind(&session.device_name)
+        .bind(&session.user_agent)
+        .bind(session.ip_address)
+        .bind(session.created_at)
+        .bind(session.last_active_at)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(OP, e))?;
         let evicted = match insert.max_active {
             None => Vec::new(),
             Some(max) => {
