@@ -68,6 +68,10 @@
 //! - [Stores](store) behind [`SessionStore`]: `PostgresStore` (feature `postgres`, with strict
 //!   cross-instance revocation over `LISTEN/NOTIFY`), `SqliteStore` (feature `sqlite`),
 //!   [`MemoryStore`].
+//! - The application's own user ids: [`Uuid`](uuid::Uuid) by default, `i64`, `String`, or a
+//!   newtype of one of them ([`UserId`]); `SessionManager<i64>`, `CurrentSession<i64>` and so
+//!   on. SQL stores keep them in a column of the matching type, in tables named and placed as
+//!   [`store::Tables`] says (schema, prefix, a foreign key to the app's users).
 //! - [`SessionToken`]: 256 random bits, sent as 43 characters of base64url, stored only as its
 //!   SHA-256 ([`TokenHash`]). Neither ever appears in `Debug` output, logs or errors.
 //!
