@@ -87,7 +87,7 @@ fn micro(c: &mut Criterion) {
                 parts.extensions.insert(session.clone());
                 parts
             },
-            |mut parts| runtime.block_on(CurrentSession::from_request_parts(&mut parts, &())),
+            |mut parts| runtime.block_on(<CurrentSession>::from_request_parts(&mut parts, &())),
             BatchSize::SmallInput,
         )
     });

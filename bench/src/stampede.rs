@@ -31,7 +31,7 @@ impl SessionStore for CountingStore {
         self.inner.insert(insert).await
     }
 
-    async fn fence(&self, user_id: Uuid) -> Result<Fence, StoreError> {
+    async fn fence(&self, user_id: &Uuid) -> Result<Fence, StoreError> {
         self.inner.fence(user_id).await
     }
 
@@ -42,7 +42,7 @@ impl SessionStore for CountingStore {
 
     async fn rotate(
         &self,
-        user_id: Uuid,
+        user_id: &Uuid,
         session_id: Uuid,
         current: &TokenHash,
         new: &TokenHash,
@@ -53,13 +53,17 @@ impl SessionStore for CountingStore {
             .await
     }
 
-    async fn list_active(&self, user_id: Uuid, live: Liveness) -> Result<Vec<Session>, StoreError> {
+    async fn list_active(
+        &self,
+        user_id: &Uuid,
+        live: Liveness,
+    ) -> Result<Vec<Session>, StoreError> {
         self.inner.list_active(user_id, live).await
     }
 
     async fn revoke(
         &self,
-        user_id: Uuid,
+        user_id: &Uuid,
         session_id: Uuid,
         reason: RevocationReason,
         now: OffsetDateTime,
@@ -69,7 +73,7 @@ impl SessionStore for CountingStore {
 
     async fn revoke_all(
         &self,
-        user_id: Uuid,
+        user_id: &Uuid,
         except: Option<Uuid>,
         reason: RevocationReason,
         now: OffsetDateTime,
