@@ -2,13 +2,17 @@
 //! report (see `bench/run.sh`):
 //!
 //! - `all`: throughput and latency over loopback for every variant, interleaved over rounds;
-//!   the stampede; PostgreSQL at 10k and 1M rows; memory per cached session.
+//!   the stampede; revocation across PostgreSQL instances; PostgreSQL at 10k and 1M rows;
+//!   memory per cached session.
 //! - `smoke`: the same, each part for a fraction of a second (CI). Asserts nothing about speed.
+//! - `revoke`: only the revocation part at full size, with the cache-hit variants it compares
+//!   (bare, lease off, lease on).
 //! - `serve VARIANT [URL]` and `memory N`: internal, run in child processes.
 
 mod counters;
 mod load;
 mod memory;
+mod revoke;
 mod scale;
 mod serve;
 mod stampede;
@@ -45,6 +49,11 @@ const VARIANTS: &[(&str, &str, Server)] = &[
     (
         "layer-bearer",
         "SessionLayer, cache hit, bearer",
+        Server::Harness,
+    ),
+    (
+        "layer-hit-pg",
+        "SessionLayer, cache hit, PostgreSQL store (lease on)",
         Server::Harness,
     ),
     (
@@ -87,7 +96,12 @@ struct Settings {
     scale_rows: [u64; 2],
     scale_samples: usize,
     cached_sessions: u64,
+    revoke: revoke::Settings,
 }
+
+/// The variants the revocation section compares: baseline, cache hit with the lease off
+/// (MemoryStore, no feed) and on (PostgreSQL, same credential).
+const LEASE_VARIANTS: [&str; 3] = ["bare", "layer-bearer", "layer-hit-pg"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -116,10 +130,11 @@ fn main() {
                 );
             }
         }
+        ["revoke", rest @ ..] => revoke_only(&all_settings(), peer_path(rest)),
         ["all", rest @ ..] => report(&all_settings(), peer_path(rest)),
         ["smoke", rest @ ..] => report(&smoke_settings(), peer_path(rest)),
         _ => {
-            eprintln!("usage: session-bench all|smoke [--peer PATH]");
+            eprintln!("usage: session-bench all|smoke|revoke [--peer PATH]");
             std::process::exit(2);
         }
     }
@@ -136,6 +151,13 @@ fn all_settings() -> Settings {
         scale_rows: [10_000, 1_000_000],
         scale_samples: 20_000,
         cached_sessions: 100_000,
+        revoke: revoke::Settings {
+            lease: Duration::from_secs(1),
+            healthy: 500,
+            partitioned: 300,
+            warmup: 10,
+            rounds: 5,
+        },
     }
 }
 
@@ -150,6 +172,13 @@ fn smoke_settings() -> Settings {
         scale_rows: [1_000, 10_000],
         scale_samples: 200,
         cached_sessions: 1_000,
+        revoke: revoke::Settings {
+            lease: Duration::from_millis(200),
+            healthy: 20,
+            partitioned: 3,
+            warmup: 2,
+            rounds: 1,
+        },
     }
 }
 
@@ -225,45 +254,17 @@ fn report(settings: &Settings, peer: PathBuf) {
         .expect("client runtime");
 
     // 1. Throughput and latency, one server process each, variants interleaved per round.
-    eprintln!("starting servers");
-    let servers: Vec<Running> = VARIANTS
-        .iter()
-        .map(|(key, _, server)| {
-            let url = key.ends_with("-pg").then(test_support::postgres_database);
-            spawn(*server, key, url.as_deref(), &peer)
-        })
-        .collect();
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
-    for round in 0..settings.rounds {
-        for k in 0..VARIANTS.len() {
-            let i = (k + round) % VARIANTS.len();
-            let sample = client.block_on(load::measure(&servers[i].target, settings.load));
-            eprintln!(
-                "round {} {:<16} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>6.2} us/req",
-                round + 1,
-                VARIANTS[i].0,
-                sample.requests_per_sec,
-                sample.p50_us,
-                sample.p99_us,
-                sample.server_cpu_us
-            );
-            samples[i].push(sample);
-        }
-    }
-    for mut server in servers {
-        drop(server.stdin);
-        let _ = server.child.wait();
-    }
+    let all: Vec<&str> = VARIANTS.iter().map(|(key, ..)| *key).collect();
+    let samples = load_rounds(&client, &all, settings, &peer);
 
     // 3 and 5. Stampede, with the library's counters read through a metrics recorder.
     eprintln!("stampede");
     let stampede_url = test_support::postgres_database();
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let multi = multi_runtime();
     let stampede = multi.block_on(stampede::run(&stampede_url, 1_000));
+
+    // Revocation across instances (PostgreSQL, leases).
+    let revocation = revocations(&multi, settings.revoke);
 
     // 4. Scale.
     scale::size_buffers_for_scale(&client);
@@ -293,7 +294,85 @@ fn report(settings: &Settings, peer: PathBuf) {
             .unwrap_or_else(|| panic!("memory child printed no {key}"))
     };
 
-    print_report(settings, &samples, &stampede, &scale, &value);
+    print_report(settings, &samples, &stampede, &revocation, &scale, &value);
+}
+
+/// Only the revocation part, at the size of `settings`: the cache-hit variants it compares
+/// under load, then the revocation latencies.
+fn revoke_only(settings: &Settings, peer: PathBuf) {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let samples = load_rounds(&client, &LEASE_VARIANTS, settings, &peer);
+    let revocation = revocations(&multi_runtime(), settings.revoke);
+    print_revocation(settings, &samples, &revocation);
+}
+
+/// The runtime of the in-process parts: 2 worker threads, one per core of the machine.
+fn multi_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn revocations(runtime: &tokio::runtime::Runtime, settings: revoke::Settings) -> revoke::Report {
+    eprintln!("revocation across instances");
+    let urls = (0..4).map(|_| test_support::postgres_database()).collect();
+    runtime.block_on(revoke::run(urls, settings))
+}
+
+/// Loads the variants `keys`, one server process each, interleaved per round. The samples are
+/// indexed like [`VARIANTS`]; variants not in `keys` have none.
+fn load_rounds(
+    client: &tokio::runtime::Runtime,
+    keys: &[&str],
+    settings: &Settings,
+    peer: &Path,
+) -> Vec<Vec<Sample>> {
+    eprintln!("starting servers");
+    let indices: Vec<usize> = keys.iter().map(|key| variant(key)).collect();
+    let servers: Vec<Running> = indices
+        .iter()
+        .map(|&i| {
+            let (key, _, server) = VARIANTS[i];
+            let url = key.ends_with("-pg").then(test_support::postgres_database);
+            spawn(server, key, url.as_deref(), peer)
+        })
+        .collect();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
+    for round in 0..settings.rounds {
+        for k in 0..indices.len() {
+            let j = (k + round) % indices.len();
+            let i = indices[j];
+            let sample = client.block_on(load::measure(&servers[j].target, settings.load));
+            eprintln!(
+                "round {} {:<16} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>6.2} us/req",
+                round + 1,
+                VARIANTS[i].0,
+                sample.requests_per_sec,
+                sample.p50_us,
+                sample.p99_us,
+                sample.server_cpu_us
+            );
+            samples[i].push(sample);
+        }
+    }
+    for mut server in servers {
+        drop(server.stdin);
+        let _ = server.child.wait();
+    }
+    samples
+}
+
+/// The index of variant `key` in [`VARIANTS`].
+fn variant(key: &str) -> usize {
+    VARIANTS
+        .iter()
+        .position(|(k, ..)| *k == key)
+        .expect("known variant")
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -311,6 +390,7 @@ fn print_report(
     settings: &Settings,
     samples: &[Vec<Sample>],
     stampede: &stampede::Report,
+    revocation: &revoke::Report,
     scale: &[scale::Report],
     memory: &dyn Fn(&str) -> i64,
 ) {
@@ -318,12 +398,7 @@ fn print_report(
         .iter()
         .map(|s| median(s.iter().map(|s| s.requests_per_sec)))
         .collect();
-    let at = |key: &str| {
-        VARIANTS
-            .iter()
-            .position(|(k, ..)| *k == key)
-            .expect("known variant")
-    };
+    let at = variant;
     let (bare, peer) = (rps[at("bare")], rps[at("memory")]);
     // Interference from other tenants of a shared machine only ever slows a round down, so
     // the best round of each variant is the least disturbed estimate; shown beside the median.
@@ -419,6 +494,7 @@ fn print_report(
             check(best_value, target)
         );
     }
+    println!("{}", revoke_target_row(revocation));
     let (small, large) = (&scale[0], &scale[scale.len() - 1]);
     let growth = large.validate_p99_us / small.validate_p99_us;
     println!(
@@ -450,6 +526,8 @@ fn print_report(
         println!("| `{name}` | {value} |");
     }
 
+    print_revocation(settings, samples, revocation);
+
     println!(
         "\n### Scale (PostgreSQL, cache off, sequential calls)\n\n| rows | bulk insert s | \
          validate p50 µs | validate p99 µs | list (50 of the user's) p50 µs | list p99 µs |\n\
@@ -469,5 +547,143 @@ fn print_report(
         per_session,
         memory("rss_before_kib"),
         memory("rss_after_kib")
+    );
+}
+
+/// The healthy configuration with the highest p99 revocation latency.
+fn worst_healthy(report: &revoke::Report) -> &revoke::Outcome {
+    report
+        .outcomes
+        .iter()
+        .filter(|o| !o.partitioned)
+        .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+        .expect("healthy configurations")
+}
+
+/// The revocation goal as a row of the targets table.
+fn revoke_target_row(report: &revoke::Report) -> String {
+    let worst = worst_healthy(report);
+    format!(
+        "| p99 revoke latency ≤ 10 ms with 1–3 healthy PostgreSQL instances (worst: {}) | {:.2} ms | {} | | |",
+        worst.instances,
+        worst.p99_ms,
+        if worst.p99_ms <= 10.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    )
+}
+
+/// Revocation latency across instances, and the cache hit with the lease on and off.
+fn print_revocation(settings: &Settings, samples: &[Vec<Sample>], report: &revoke::Report) {
+    let r = report.settings;
+    let lease_ms = r.lease.as_secs_f64() * 1e3;
+    println!(
+        "\n### Revocation across instances (PostgreSQL, leases)\n\n`SessionManager::revoke` wall \
+         time on instance 1, lease {lease_ms:.0} ms on every instance (a heartbeat every \
+         {:.0} ms): {} measured revocations per healthy configuration and {} with a partitioned \
+         instance, interleaved over {} rounds, after {} unmeasured ones per configuration. Each \
+         configuration has a fresh database; its instances (a `SessionManager` over its own \
+         `PostgresStore` each) share this process and a 2-worker runtime. Before each \
+         revocation the session is validated on every instance until that instance's cache \
+         holds it; after it, every instance must refuse the token (asserted). The partitioned \
+         instance's LISTEN connection goes through a TCP relay that holds every byte without \
+         closing anything; it is healed only while that instance caches the next session.\n",
+        lease_ms / 4.0,
+        r.healthy,
+        r.partitioned,
+        r.rounds,
+        r.warmup
+    );
+    println!(
+        "| instances | partitioned | revocations | p50 ms | p90 ms | p99 ms | max ms | mean ms | acks received | ack timeouts | lease lapses |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for o in &report.outcomes {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+            o.instances,
+            if o.partitioned { "1 of 3" } else { "none" },
+            o.revocations,
+            o.p50_ms,
+            o.p90_ms,
+            o.p99_ms,
+            o.max_ms,
+            o.mean_ms,
+            o.acks,
+            o.ack_timeouts,
+            o.lease_lapses
+        );
+    }
+    let worst = worst_healthy(report);
+    println!(
+        "\nAcks, ack timeouts and lease lapses are the library's counters over the measured \
+         revocations. A partitioned instance cannot acknowledge: the call waits until its lease \
+         must have lapsed, {:.0} ms after the commit (lease plus the library's margin of \
+         lease/20 + 5 ms); its acks arrive late, once healed, and are counted too.\n\n\
+         **p99 ≤ 10 ms with healthy instances: {}** (worst healthy p99: {:.2} ms, {} instance(s)).",
+        lease_ms * 1.05 + 5.0,
+        if worst.p99_ms <= 10.0 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        worst.p99_ms,
+        worst.instances
+    );
+
+    let at = |key: &str| &samples[variant(key)];
+    let load = settings.load;
+    println!(
+        "\n#### Cache hit, lease on vs off\n\nThe load of the throughput table ({} connections, \
+         {:.1} s per measurement, {} interleaved rounds). Lease off: `MemoryStore`, no feed. \
+         Lease on: `PostgresStore` with its default 1 s lease, so the server's single thread \
+         also runs the LISTEN connection and a heartbeat every 250 ms, and every hit checks the \
+         lease's deadline. Same credential (bearer), same handler.\n",
+        load.connections,
+        load.duration.as_secs_f64(),
+        settings.rounds
+    );
+    println!(
+        "| variant | req/s | p50 µs | p99 µs | server CPU µs/req | × bare | best req/s | best × bare | req/s per round | non-2xx |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    );
+    let rps = |key: &str| median(at(key).iter().map(|s| s.requests_per_sec));
+    let best = |key: &str| {
+        at(key)
+            .iter()
+            .map(|s| s.requests_per_sec)
+            .fold(0.0, f64::max)
+    };
+    let cpu = |key: &str| median(at(key).iter().map(|s| s.server_cpu_us));
+    let [bare, off, on] = LEASE_VARIANTS;
+    for key in LEASE_VARIANTS {
+        let s = at(key);
+        let rounds: Vec<String> = s
+            .iter()
+            .map(|s| format!("{:.0}", s.requests_per_sec))
+            .collect();
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} | {:.0} | {:.3} | {} | {} |",
+            VARIANTS[variant(key)].1,
+            rps(key),
+            median(s.iter().map(|s| s.p50_us)),
+            median(s.iter().map(|s| s.p99_us)),
+            cpu(key),
+            rps(key) / rps(bare),
+            best(key),
+            best(key) / best(bare),
+            rounds.join(" / "),
+            s.iter().map(|s| s.failures).sum::<u64>()
+        );
+    }
+    println!(
+        "\nLease on ÷ lease off: **{:.3}×** median req/s, {:.3}× best round; server CPU \
+         {:+.2} µs/req ({:+.1} %).",
+        rps(on) / rps(off),
+        best(on) / best(off),
+        cpu(on) - cpu(off),
+        (cpu(on) / cpu(off) - 1.0) * 100.0
     );
 }

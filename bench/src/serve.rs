@@ -60,6 +60,8 @@ pub fn run(variant: &str, url: Option<&str>) {
             "layer-bearer" => layer(MemoryStore::new(), cached, Credential::Bearer).await,
             "layer-sqlite" => layer(sqlite(&sqlite_url).await, uncached, Credential::Bearer).await,
             "layer-pg" => layer(postgres(&pg_url()).await, uncached, Credential::Bearer).await,
+            // The feed (LISTEN plus a heartbeat every quarter lease) runs on this same thread.
+            "layer-hit-pg" => layer(postgres(&pg_url()).await, cached, Credential::Bearer).await,
             "floor-sqlite" => {
                 let store = sqlite(&sqlite_url).await;
                 let pool = store.pool().clone();
@@ -105,6 +107,12 @@ async fn layer(store: impl SessionStore, config: SessionConfig, credential: Cred
         .create(NewSession::new(USER))
         .await
         .expect("create the benchmark session");
+    if !manager.config().cache_ttl().is_zero() {
+        // A store with an invalidation feed serves hits only while its lease holds: measure
+        // from the first request with the session cached (a MemoryStore's cache is trusted
+        // at once).
+        until_cached(&manager, &token.expose()).await;
+    }
     let header = match credential {
         Credential::Bearer => bearer(&token.expose()),
         Credential::Cookie => (
@@ -116,6 +124,20 @@ async fn layer(store: impl SessionStore, config: SessionConfig, credential: Cred
         .route("/", get(with_session))
         .layer(SessionLayer::new(manager));
     serve(app, Some(header)).await;
+}
+
+/// Validates `token` until it is served from the cache.
+async fn until_cached(manager: &SessionManager, token: &str) {
+    for _ in 0..1_000 {
+        let found = manager.validate(token).await.expect("validate");
+        assert!(found.is_some(), "the benchmark session must validate");
+        manager.sync_cache().await;
+        if manager.cached_sessions() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the session never reached the cache: the invalidation feed's lease never held");
 }
 
 /// Signs the benchmark user in through the library, so the row has the real shape.
