@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::hashing::Hasher;
+use crate::quota::{HashQuota, Permit, Requester};
 
 /// How long a password-reset token is valid.
 pub(crate) const RESET_TOKEN_LIFETIME: time::Duration = time::Duration::hours(1);
@@ -334,12 +335,16 @@ impl Db {
 /// hash per core exists at a time, even when the requests that asked for them have gone away.
 /// Each of these threads keeps one argon2 memory area for good ([`crate::hashing`]), so the
 /// hashing memory of the process is one area per core whatever the load.
+///
+/// Every job is admitted by the requester's share first ([`crate::quota`]), so no client
+/// address can hold more than its share of the hashers and the queue.
 #[derive(Debug, Clone)]
 pub(crate) struct Passwords {
     /// A hash of a random password, verified against when the email is unknown so that the
     /// answer takes as long as for a wrong password.
     dummy_hash: Arc<str>,
     jobs: SyncSender<Job>,
+    quota: Arc<HashQuota>,
 }
 
 /// Jobs that may wait for a hasher, per core.
@@ -357,18 +362,32 @@ impl Passwords {
         let mut passwords = Self {
             dummy_hash: Arc::from(""),
             jobs,
+            quota: Arc::new(HashQuota::new()),
         };
         let random = SessionToken::generate().map_err(|error| {
             tracing::error!(%error, "could not generate the dummy password");
             ApiError::Unavailable
         })?;
-        passwords.dummy_hash = passwords.hash(random.expose().to_owned()).await?.into();
+        let password = random.expose().to_owned();
+        passwords.dummy_hash = passwords
+            .run(None, move || Hasher::hash(password.as_bytes()))
+            .await?
+            .map_err(|error| {
+                tracing::error!(%error, "password hashing failed");
+                ApiError::Unavailable
+            })?
+            .into();
         Ok(passwords)
     }
 
-    /// Hashes a password to a PHC string (`$argon2id$v=19$…`).
-    pub(crate) async fn hash(&self, password: String) -> Result<String, ApiError> {
-        self.run(move || Hasher::hash(password.as_bytes()))
+    /// Hashes a password to a PHC string (`$argon2id$v=19$…`), on `requester`'s share.
+    pub(crate) async fn hash(
+        &self,
+        password: String,
+        requester: Requester,
+    ) -> Result<String, ApiError> {
+        let permit = self.quota.admit(requester)?;
+        self.run(Some(permit), move || Hasher::hash(password.as_bytes()))
             .await?
             .map_err(|error| {
                 tracing::error!(%error, "password hashing failed");
@@ -376,35 +395,52 @@ impl Passwords {
             })
     }
 
-    /// Whether `password` matches `stored`; with `None` (unknown email) the dummy hash is
-    /// verified and the answer is `false`, in the same time. `Err` only when busy.
+    /// Whether `password` matches `stored`, on `requester`'s share; with `None` (unknown email)
+    /// the dummy hash is verified and the answer is `false`, in the same time. `Err` only when
+    /// busy or over the share.
     pub(crate) async fn verify(
         &self,
         password: String,
         stored: Option<String>,
+        requester: Requester,
     ) -> Result<bool, ApiError> {
+        let permit = self.quota.admit(requester)?;
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matches = self
-            .run(move || Hasher::verify(password.as_bytes(), &stored))
+            .run(Some(permit), move || {
+                Hasher::verify(password.as_bytes(), &stored)
+            })
             .await?;
         Ok(known && matches)
     }
 
-    /// Runs `work` on a hashing thread; `503 busy` when the queue is full.
+    /// Runs `work` on a hashing thread; `503 busy` when the queue is full. `permit` (the
+    /// requester's place in its share) is held until the job is done, even when the requester
+    /// goes away; it is refunded when the job could not be queued.
     async fn run<T: Send + 'static>(
         &self,
+        permit: Option<Permit>,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let (done, result) = oneshot::channel();
+        let share = permit.as_ref().map(Permit::key);
         let job: Job = Box::new(move || {
+            let _permit = permit;
             // The requester may be gone; the work is done either way.
             let _ = done.send(work());
         });
         match self.jobs.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!("password hashers busy and their queue full; refusing");
+            Err(TrySendError::Full(job)) => {
+                // One line per refusal would let a flood fill the logs; the request line says
+                // 503 already.
+                tracing::debug!("password hashers busy and their queue full; refusing");
+                // Gives the in-flight place back, then the token: no work was done.
+                drop(job);
+                if let Some(key) = share {
+                    self.quota.refund(key);
+                }
                 return Err(ApiError::Busy);
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -446,17 +482,59 @@ fn start_hashers(threads: usize, queue: usize) -> std::io::Result<SyncSender<Job
 }
 
 /// Whether the text holds a control character (NUL, newline, escape, DEL, C1…), which no email
-/// or device name has and PostgreSQL refuses (NUL) in text columns.
+/// or device name has and PostgreSQL refuses (NUL) in text columns, or an invisible format or
+/// separator character (see [`is_format_or_separator`]).
 pub(crate) fn has_control(text: &str) -> bool {
-    text.chars().any(char::is_control)
+    text.chars()
+        .any(|c| c.is_control() || is_format_or_separator(c))
+}
+
+/// Unicode general categories Cf (format: bidirectional overrides such as U+202E, zero-width
+/// characters such as U+200B, the byte order mark U+FEFF, …), Zl (U+2028) and Zp (U+2029).
+/// They are invisible or reorder what is shown, so they let two different emails or device
+/// names look alike. Written out (Unicode 15) rather than taken from a crate: the list is short
+/// and changes rarely.
+pub(crate) fn is_format_or_separator(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// Longest device name, in characters.
 pub(crate) const MAX_DEVICE_NAME_CHARS: usize = 100;
 
-/// A device name is at most [`MAX_DEVICE_NAME_CHARS`] characters, without control characters.
+/// The zero-width joiner and non-joiner: format characters, yet part of ordinary text in a
+/// device name (emoji sequences such as 👩‍💻, Persian and Indic scripts).
+const JOINERS: [char; 2] = ['\u{200C}', '\u{200D}'];
+
+/// A device name is at most [`MAX_DEVICE_NAME_CHARS`] characters, without control, format or
+/// separator characters (the two joiners aside).
 pub(crate) fn is_valid_device_name(name: &str) -> bool {
-    !has_control(name) && name.chars().count() <= MAX_DEVICE_NAME_CHARS
+    !name
+        .chars()
+        .any(|c| c.is_control() || (is_format_or_separator(c) && !JOINERS.contains(&c)))
+        && name.chars().count() <= MAX_DEVICE_NAME_CHARS
 }
 
 /// Trims and lower-cases an email, the form it is stored and compared in.
@@ -465,9 +543,9 @@ pub(crate) fn normalize_email(email: &str) -> String {
 }
 
 /// A sane, simple address check: one `@`, a non-empty local part, a domain with a dot that
-/// neither starts nor ends with it, no whitespace.
+/// neither starts nor ends with it, no whitespace, control, format or separator character.
 pub(crate) fn is_valid_email(email: &str) -> bool {
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.len() > 254 || email.chars().any(char::is_whitespace) || has_control(email) {
         return false;
     }
     let mut parts = email.split('@');
@@ -508,6 +586,12 @@ mod tests {
             "a\u{0}b@example.com",
             "ab@exa\u{7}mple.com",
             "ab@example.com\u{1b}",
+            "ab\u{202e}moc.elpmaxe@x.co",
+            "a\u{200b}b@example.com",
+            "\u{feff}ab@example.com",
+            "ab@exam\u{2028}ple.com",
+            "ab@exam\u{2029}ple.com",
+            "ab@exam\u{ad}ple.com",
         ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
@@ -520,6 +604,44 @@ mod tests {
         assert!(!is_valid_device_name("laptop\u{0}"));
         assert!(!is_valid_device_name("line\nbreak"));
         assert!(!is_valid_device_name(&"x".repeat(101)));
+        for bad in [
+            "\u{202e}potpal",
+            "lap\u{200b}top",
+            "\u{feff}x",
+            "a\u{2028}b",
+            "a\u{2029}b",
+        ] {
+            assert!(!is_valid_device_name(bad), "{bad:?}");
+        }
+        // Emoji sequences hold the zero-width joiner.
+        assert!(is_valid_device_name("Mum's \u{1f469}\u{200d}\u{1f4bb}"));
+    }
+
+    #[test]
+    fn the_format_list_holds_the_known_ones() {
+        for c in [
+            '\u{ad}',
+            '\u{200b}',
+            '\u{200e}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{feff}',
+            '\u{e0041}',
+        ] {
+            assert!(is_format_or_separator(c), "{c:?}");
+        }
+        for c in [
+            'a',
+            ' ',
+            '\u{e9}',
+            '\u{fe0f}',
+            '\u{1f469}',
+            '\u{2027}',
+            '\u{2030}',
+        ] {
+            assert!(!is_format_or_separator(c), "{c:?}");
+        }
     }
 
     #[test]
@@ -529,24 +651,39 @@ mod tests {
         assert!(is_strong_enough("éééééééé"));
     }
 
+    fn client(n: u8) -> Requester {
+        Requester {
+            ip: Some(std::net::IpAddr::from([192, 0, 2, n])),
+            share: crate::quota::Share::Account,
+        }
+    }
+
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() {
         let passwords = Passwords::new().await.unwrap();
-        let hash = passwords.hash("correct horse".to_owned()).await.unwrap();
+        let hash = passwords
+            .hash("correct horse".to_owned(), client(1))
+            .await
+            .unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(
             passwords
-                .verify("correct horse".to_owned(), Some(hash.clone()))
+                .verify("correct horse".to_owned(), Some(hash.clone()), client(1))
                 .await
                 .unwrap()
         );
         assert!(
             !passwords
-                .verify("wrong horse".to_owned(), Some(hash))
+                .verify("wrong horse".to_owned(), Some(hash), client(1))
                 .await
                 .unwrap()
         );
-        assert!(!passwords.verify("anything".to_owned(), None).await.unwrap());
+        assert!(
+            !passwords
+                .verify("anything".to_owned(), None, client(1))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,9 +691,12 @@ mod tests {
         let passwords = Passwords::new().await.unwrap();
         let burst = 64;
         let tasks: Vec<_> = (0..burst)
-            .map(|_| {
+            .map(|n| {
                 let passwords = passwords.clone();
-                tokio::spawn(async move { passwords.hash("correct horse".to_owned()).await })
+                // Each from its own address: this is about the shared queue, not the shares.
+                tokio::spawn(
+                    async move { passwords.hash("correct horse".to_owned(), client(n)).await },
+                )
             })
             .collect();
         let (mut done, mut busy) = (0, 0);
@@ -569,6 +709,36 @@ mod tests {
         }
         assert!(done >= 1 && busy >= 1, "done {done}, busy {busy}");
         // Served again once the burst is over.
-        passwords.hash("correct horse".to_owned()).await.unwrap();
+        passwords
+            .hash("correct horse".to_owned(), client(200))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_holds_at_most_its_share_of_the_hashers() {
+        let passwords = Passwords::new().await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let passwords = passwords.clone();
+                tokio::spawn(
+                    async move { passwords.hash("correct horse".to_owned(), client(7)).await },
+                )
+            })
+            .collect();
+        // Meanwhile another address is served, not refused.
+        passwords
+            .verify("x".to_owned(), None, client(8))
+            .await
+            .unwrap();
+        let mut done = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => done += 1,
+                Err(ApiError::Busy) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!((1..16).contains(&done), "{done}");
     }
 }

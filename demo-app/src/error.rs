@@ -53,9 +53,17 @@ pub enum ApiError {
     /// 429: too many failed password attempts from this address; retry after the duration.
     #[error("too many failed attempts; try again later")]
     TooManyAttempts(std::time::Duration),
-    /// 503: every password hasher is busy and the queue is full; retry in a moment.
+    /// 503: every password hasher is busy and the queue is full, or this client address has
+    /// as many hash jobs queued as it may; retry in a moment.
     #[error("the server is busy; try again in a moment")]
     Busy,
+    /// 503: this client address has used up its share of password hashing for now (see
+    /// `demo-app/API.md`, "Throttling and bounded hashing"); retry after the duration.
+    #[error("the server is busy; try again later")]
+    BusyFor(std::time::Duration),
+    /// 408: the request took longer than the server allows (see [`crate::server`]).
+    #[error("the request took too long")]
+    RequestTimeout,
     /// 503: the database could not be reached; logged with its cause.
     #[error("the service is temporarily unavailable; try again shortly")]
     Unavailable,
@@ -80,7 +88,8 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
-            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Busy | Self::BusyFor(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
         }
     }
@@ -118,7 +127,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": code, "message": self.to_string() }));
         let retry_after = match self {
             // Whole seconds, rounded up: retrying at that moment succeeds.
-            Self::TooManyAttempts(wait) => {
+            Self::TooManyAttempts(wait) | Self::BusyFor(wait) => {
                 Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
             }
             Self::Busy | Self::Unavailable => Some(1),

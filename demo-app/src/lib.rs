@@ -2,7 +2,8 @@
 //!
 //! [`build_app`] connects the database (SQLite or PostgreSQL), runs the migrations of the library
 //! and of the app, and returns the [`Router`] plus an [`AppHandle`] for shutdown; [`serve`]
-//! serves it (request-head timeout, bounded graceful shutdown). `main.rs` binds it to
+//! (or [`serve_with`]) serves it (request-head timeout, stalled writes, connection limits,
+//! bounded graceful shutdown). The router bounds request bodies and request time itself. `main.rs` binds it to
 //! `BIND_ADDR`; the end-to-end tests bind it to an ephemeral port.
 //!
 //! ```no_run
@@ -24,6 +25,7 @@ pub mod config;
 mod error;
 mod hashing;
 mod page;
+mod quota;
 mod reset;
 mod routes;
 pub mod server;
@@ -33,19 +35,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Response, header};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse as _;
 use axum::routing::{delete, get, post};
 use session_layer::store::Tables;
 use session_layer::{CrossSiteGuard, PostgresStore, SessionLayer, SessionManager, SqliteStore};
 use tokio::task::JoinHandle;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 pub use config::{AppConfig, ConfigError};
 pub use error::{ApiError, ApiJson};
-pub use server::serve;
+pub use server::{ConnectionLimits, serve, serve_with};
 
 use accounts::{Db, Passwords};
 use reset::ResetQueue;
@@ -78,6 +83,16 @@ pub struct AppHandle {
 }
 
 impl AppHandle {
+    /// The default [`ConnectionLimits`], with the trusted proxies (`TRUSTED_PROXIES`) exempt
+    /// from the per-address limit: pass them to [`serve_with`].
+    #[must_use]
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            exempt: self.sessions.config().trusted_proxies().to_vec(),
+            ..ConnectionLimits::default()
+        }
+    }
+
     /// The session manager the app uses.
     #[must_use]
     pub fn sessions(&self) -> &SessionManager {
@@ -145,6 +160,44 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
     ))
 }
 
+/// Largest request body (every body of the API is a small JSON object); a larger one is refused
+/// with `400 invalid_request` before it is read any further.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Longest wait for the next part of a request body; then the body is refused (`400`) and the
+/// connection closed.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest time from a request head to its answer (a body trickled in, a handler stuck on the
+/// database): then `408 request_timeout`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refuses a request whose `Content-Length` is over [`MAX_BODY_BYTES`] at once, without waiting
+/// for its body (the body limit alone would only notice once that much has arrived).
+async fn refuse_large_bodies(request: Request, next: Next) -> axum::response::Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return ApiError::InvalidRequest(format!(
+            "the body is larger than {} KiB",
+            MAX_BODY_BYTES / 1024
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Answers `408 request_timeout` when the rest of the stack takes over [`REQUEST_TIMEOUT`].
+async fn request_deadline(request: Request, next: Next) -> axum::response::Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::RequestTimeout.into_response(),
+    }
+}
+
 fn router(state: AppState) -> Router {
     let manager = state.sessions.clone();
     Router::new()
@@ -173,6 +226,12 @@ fn router(state: AppState) -> Router {
         // Inside the session layer: it sees whether a bearer token authenticated the request.
         .layer(CrossSiteGuard::new())
         .layer(SessionLayer::new(manager))
+        // Slow or large bodies (`demo-app/API.md`, "Starting it"): a body that stops arriving,
+        // a request that takes too long, a body larger than any the API takes.
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(middleware::from_fn(request_deadline))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_large_bodies))
         // Headers of `demo-app/API.md`, "Hardening that clients can observe". Pages set their
         // own policy; everything else (JSON) gets one that allows nothing.
         .layer(SetResponseHeaderLayer::if_not_present(

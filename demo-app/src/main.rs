@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use demo_app::{AppConfig, build_app, serve};
+use demo_app::{AppConfig, build_app, serve_with};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -44,7 +44,8 @@ async fn run(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(database, "listening on http://{local}");
     // Stops accepting on the signal; in-flight requests finish, other connections are closed,
     // within `demo_app::server::SHUTDOWN_GRACE` at most.
-    serve(listener, router, shutdown_signal()).await?;
+    let limits = handle.connection_limits();
+    serve_with(listener, router, shutdown_signal(), limits).await?;
     tracing::info!("shutting down: writing pending session activity");
     handle.shutdown().await;
     tracing::info!("stopped");

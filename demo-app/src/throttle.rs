@@ -42,21 +42,53 @@ pub(crate) const WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Most windows kept at once: about 30 MB at worst (20 timestamps and a key each).
 pub(crate) const MAX_KEYS: u64 = 100_000;
 
-/// A client address as the throttle counts it: an IPv6 client is its /64 (one household or
-/// host usually holds a whole /64, so counting single addresses would let it rotate freely).
+/// A client address as the throttle (and every other per-address limit) counts it: an IPv6
+/// client is its /64 (one household or host usually holds a whole /64, so counting single
+/// addresses would let it rotate freely), except where the IPv6 address stands for an IPv4 one:
+///
+/// - NAT64/SIIT, `64:ff9b::/96` (RFC 6052) and `64:ff9b:1::/48` (RFC 8215, taken with the usual
+///   /96 layout: the IPv4 address in the last 32 bits): every IPv4 client behind the translator
+///   shares the translator's /64, so the embedded IPv4 address is counted instead;
+/// - 6to4, `2002::/16` (RFC 3056): the IPv4 address is bits 16 to 47, and its owner holds the
+///   whole /48 (65 536 /64s), so the IPv4 address is counted.
+///
+/// IPv4-mapped addresses (`::ffff:a.b.c.d`) count as the IPv4 address too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Address {
+pub(crate) enum Address {
     V4(u32),
     V6Prefix(u64),
     /// No peer address (not served by `serve`): all such requests share one window.
     Unknown,
 }
 
+/// `64:ff9b::/96`, the NAT64 well-known prefix.
+const NAT64_WELL_KNOWN: u128 = 0x0064_ff9b_0000_0000_0000_0000_0000_0000;
+/// `64:ff9b:1::/48`, the NAT64 local-use prefix.
+const NAT64_LOCAL_USE: u128 = 0x0064_ff9b_0001_0000_0000_0000_0000_0000;
+/// `2002::/16`, 6to4.
+const SIX_TO_FOUR: u128 = 0x2002_0000_0000_0000_0000_0000_0000_0000;
+
+/// Whether `addr` lies in `prefix/len`.
+fn within(addr: u128, prefix: u128, len: u32) -> bool {
+    (addr ^ prefix) >> (128 - len) == 0
+}
+
 impl Address {
-    fn of(ip: Option<IpAddr>) -> Self {
+    pub(crate) fn of(ip: Option<IpAddr>) -> Self {
         match ip.map(|ip| ip.to_canonical()) {
             Some(IpAddr::V4(v4)) => Self::V4(u32::from(v4)),
-            Some(IpAddr::V6(v6)) => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+            Some(IpAddr::V6(v6)) => {
+                let bits = u128::from(v6);
+                // The `as` casts keep the low 32 (or 64) bits on purpose: the shifts put the
+                // embedded IPv4 address (or the /64) there.
+                if within(bits, NAT64_WELL_KNOWN, 96) || within(bits, NAT64_LOCAL_USE, 48) {
+                    Self::V4(bits as u32)
+                } else if within(bits, SIX_TO_FOUR, 16) {
+                    Self::V4((bits >> 80) as u32)
+                } else {
+                    Self::V6Prefix((bits >> 64) as u64)
+                }
+            }
             None => Self::Unknown,
         }
     }
@@ -266,5 +298,30 @@ mod tests {
         assert!(!same_address("2001:db8:1:2::1", "2001:db8:1:3::1"));
         assert!(same_address("::ffff:192.0.2.1", "192.0.2.1"));
         assert!(!same_address("192.0.2.1", "192.0.2.2"));
+    }
+
+    #[test]
+    fn ipv4_clients_behind_nat64_and_6to4_count_as_their_ipv4_address() {
+        // NAT64/SIIT: one /64 holds every translated IPv4 client.
+        assert!(!same_address(
+            "64:ff9b::198.51.100.1",
+            "64:ff9b::198.51.100.2"
+        ));
+        assert!(same_address("64:ff9b::198.51.100.1", "198.51.100.1"));
+        assert!(!same_address(
+            "64:ff9b:1::c633:6401",
+            "64:ff9b:1::c633:6402"
+        ));
+        assert!(same_address("64:ff9b:1:2::c633:6401", "198.51.100.1"));
+        // 6to4: the /48 2002:c633:6401::/48 belongs to 198.51.100.1, all its /64s included.
+        assert!(same_address(
+            "2002:c633:6401:1::1",
+            "2002:c633:6401:ffff::9"
+        ));
+        assert!(same_address("2002:c633:6401::1", "198.51.100.1"));
+        assert!(!same_address("2002:c633:6401::1", "2002:c633:6402::1"));
+        // Just outside the prefixes: ordinary /64s.
+        assert!(same_address("64:ff9b:0:1::1", "64:ff9b:0:1::2"));
+        assert!(same_address("2003::1", "2003::2"));
     }
 }

@@ -5,11 +5,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Demo, closed_within, credentials, half_open, request};
+use common::{Demo, closed_now, closed_within, credentials, half_open_from, request, request_from};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -109,35 +109,74 @@ fn a_burst_of_48_concurrent_hashes_keeps_peak_memory_bounded() {
 }
 
 /// A connection that has not sent a complete request head within 10 s is closed; so is an
-/// idle keep-alive connection. Meanwhile other clients are served. (Before: 200 such sockets
-/// were all still open after 45 s, and 1,100 made a normal request time out.)
+/// idle keep-alive connection. One client address holds at most 64 connections and all clients
+/// together at most 512: beyond, a new connection is closed at once, so clients cannot exhaust
+/// the file descriptors. Meanwhile other clients are served. (Before: 200 such sockets were
+/// all still open after 45 s, and 1,100 made a normal request time out; then 1,100 from one
+/// address were all held for 10 s, each a descriptor of the server.)
 #[test]
 fn connections_that_never_finish_their_request_head_are_closed_after_ten_seconds() {
+    const PER_ADDRESS: usize = 64;
+    const OVERALL: usize = 512;
     let demo = Demo::start("slow-head", &[]);
     let start = Instant::now();
-    let mut slow: Vec<(Instant, TcpStream)> = (0..1100)
-        .map(|_| (Instant::now(), half_open(demo.port)))
-        .collect();
-    eprintln!("1100 half-open connections opened in {:?}", start.elapsed());
-    slow.push((Instant::now(), keep_alive_after_one_request(demo.port)));
+    let mut from_one = vec![(Instant::now(), keep_alive_after_one_request(demo.port))];
+    from_one.extend(half_open_from(Ipv4Addr::LOCALHOST, demo.port, 1099));
+    eprintln!(
+        "1100 half-open connections from one address opened in {:?}",
+        start.elapsed()
+    );
 
+    // Another address is served meanwhile.
     let normal_start = Instant::now();
-    let normal = request(demo.port, "GET", "/api/me", &[], None).expect("served meanwhile");
+    let normal = request_from(Ipv4Addr::new(127, 0, 0, 2), demo.port, "GET", "/api/me")
+        .expect("served meanwhile");
     assert_eq!(normal.status, 401);
     assert!(normal_start.elapsed() < Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Eight more addresses, 64 connections each: the server holds 512 in all.
+    let mut from_many = Vec::new();
+    for n in 3..=10 {
+        from_many.extend(half_open_from(
+            Ipv4Addr::new(127, 0, 0, n),
+            demo.port,
+            PER_ADDRESS,
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let held = |streams: &mut Vec<(Instant, TcpStream)>| {
+        streams.retain_mut(|(_, stream)| !closed_now(stream));
+        streams.len()
+    };
+    let (held_one, held_many) = (held(&mut from_one), held(&mut from_many));
+    eprintln!(
+        "held after 1 s: {held_one} of 1100 from one address, {held_many} of {} from eight \
+         others",
+        PER_ADDRESS * 8
+    );
+    assert_eq!(held_one, PER_ADDRESS, "one address holds at most 64");
+    assert_eq!(
+        held_one + held_many,
+        OVERALL,
+        "the server holds at most 512"
+    );
 
     let (mut earliest, mut latest) = (Duration::MAX, Duration::ZERO);
-    for (opened, stream) in &mut slow {
+    for (opened, stream) in from_one.iter_mut().chain(from_many.iter_mut()) {
         let closed = closed_within(stream, Duration::from_secs(30))
             .expect("the server closed the connection");
         let after = closed.duration_since(*opened);
         (earliest, latest) = (earliest.min(after), latest.max(after));
     }
-    eprintln!("closed between {earliest:?} and {latest:?} after opening");
+    eprintln!("the held ones closed between {earliest:?} and {latest:?} after opening");
     assert!(
         earliest >= Duration::from_secs(9) && latest < Duration::from_secs(13),
         "closed between {earliest:?} and {latest:?} after opening, expected about 10 s"
     );
+    // Their places are free again.
+    let again = request(demo.port, "GET", "/api/me", &[], None).expect("served again");
+    assert_eq!(again.status, 401);
     demo.terminate();
     let (ok, logs) = demo.wait();
     assert!(ok, "{logs}");
@@ -148,7 +187,11 @@ fn connections_that_never_finish_their_request_head_are_closed_after_ten_seconds
 #[test]
 fn sigterm_with_200_half_open_connections_exits_promptly_and_finishes_in_flight_requests() {
     let demo = Demo::start("sigterm", &[]);
-    let mut slow: Vec<TcpStream> = (0..200).map(|_| half_open(demo.port)).collect();
+    // From four addresses, 50 each: within the limit of 64 connections per address.
+    let mut slow: Vec<TcpStream> = (2..=5)
+        .flat_map(|n| half_open_from(Ipv4Addr::new(127, 0, 0, n), demo.port, 50))
+        .map(|(_, stream)| stream)
+        .collect();
     let mut idle: Vec<TcpStream> = (0..5)
         .map(|_| keep_alive_after_one_request(demo.port))
         .collect();

@@ -18,6 +18,7 @@ use crate::accounts::{
     has_control, is_strong_enough, is_valid_device_name, is_valid_email, normalize_email,
 };
 use crate::error::{ApiError, ApiJson};
+use crate::quota::{Requester, Share};
 
 #[derive(Deserialize)]
 pub(crate) struct Credentials {
@@ -26,8 +27,14 @@ pub(crate) struct Credentials {
 }
 
 /// `POST /api/auth/register` → `201 {"user_id"}`.
+///
+/// A taken email is answered `409` before any hashing; the hash then draws on the client
+/// address's registration share (`demo-app/API.md`, "Throttling and bounded hashing"). The
+/// insert still answers `409` when a concurrent registration took the email meanwhile.
 pub(crate) async fn register(
     State(state): State<AppState>,
+    PeerIp(peer): PeerIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
@@ -37,7 +44,14 @@ pub(crate) async fn register(
     if !is_strong_enough(&body.password) {
         return Err(ApiError::WeakPassword);
     }
-    let hash = state.passwords.hash(body.password).await?;
+    if state.db.user_id_by_email(&email).await?.is_some() {
+        return Err(ApiError::EmailTaken);
+    }
+    let requester = Requester {
+        ip: state.sessions.client_ip(&headers, peer),
+        share: Share::Registration,
+    };
+    let hash = state.passwords.hash(body.password, requester).await?;
     let user_id = state
         .db
         .insert_user(&email, &hash)
@@ -91,7 +105,11 @@ pub(crate) async fn login(
     }
     let client_ip = state.sessions.client_ip(&headers, peer);
     let attempt = state.throttle.begin(client_ip, &email).await?;
-    let checked = check_password(&state, &email, body.password).await;
+    let requester = Requester {
+        ip: client_ip,
+        share: Share::Account,
+    };
+    let checked = check_password(&state, &email, body.password, requester).await;
     let (user_id, fence) = match checked {
         Ok(Some(proved)) => proved,
         Ok(None) => {
@@ -140,6 +158,7 @@ async fn check_password(
     state: &AppState,
     email: &str,
     password: String,
+    requester: Requester,
 ) -> Result<Option<(Uuid, session_layer::Fence)>, ApiError> {
     let found = state.db.user_id_by_email(email).await?;
     // An unknown email takes the same steps against an id no user has, and is verified against
@@ -153,7 +172,7 @@ async fn check_password(
         .password_hash(probe)
         .await?
         .filter(|_| found.is_some());
-    let verified = state.passwords.verify(password, stored).await?;
+    let verified = state.passwords.verify(password, stored, requester).await?;
     Ok(found.filter(|_| verified).map(|user_id| (user_id, fence)))
 }
 
@@ -250,9 +269,13 @@ pub(crate) async fn change_password(
     };
     let client_ip = state.sessions.client_ip(&headers, peer);
     let attempt = state.throttle.begin(client_ip, &email).await?;
+    let requester = Requester {
+        ip: client_ip,
+        share: Share::Account,
+    };
     match state
         .passwords
-        .verify(body.current_password, Some(stored))
+        .verify(body.current_password, Some(stored), requester)
         .await
     {
         Ok(true) => state.throttle.succeeded(attempt).await,
@@ -269,7 +292,7 @@ pub(crate) async fn change_password(
     if !is_strong_enough(&body.new_password) {
         return Err(ApiError::WeakPassword);
     }
-    let hash = state.passwords.hash(body.new_password).await?;
+    let hash = state.passwords.hash(body.new_password, requester).await?;
     let user_id = current.user_id();
     let revoked = run_to_end(async move {
         state.db.set_password(user_id, &hash).await?;
@@ -294,16 +317,21 @@ pub(crate) struct ResetRequest {
 
 /// `POST /api/auth/password-reset/request` → `202`, whether or not the account exists: the
 /// same steps for every well-formed body (queue the email, answer), the work happens later on
-/// the reset task (see [`crate::reset`]).
+/// the reset task (see [`crate::reset`]). `429` when the client address already has as many
+/// requests waiting as it may.
 pub(crate) async fn request_password_reset(
     State(state): State<AppState>,
+    PeerIp(peer): PeerIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<Response, ApiError> {
     let email = normalize_email(&body.email);
     if has_control(&email) {
         return Err(ApiError::InvalidEmail);
     }
-    state.resets.push(email);
+    state
+        .resets
+        .push(email, state.sessions.client_ip(&headers, peer))?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -316,6 +344,8 @@ pub(crate) struct ResetConfirm {
 /// `POST /api/auth/password-reset/confirm` → `204`; every session of the user is revoked.
 pub(crate) async fn confirm_password_reset(
     State(state): State<AppState>,
+    PeerIp(peer): PeerIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ResetConfirm>,
 ) -> Result<Response, ApiError> {
     let hash =
@@ -327,7 +357,11 @@ pub(crate) async fn confirm_password_reset(
     if !is_strong_enough(&body.new_password) {
         return Err(ApiError::WeakPassword);
     }
-    let password_hash = state.passwords.hash(body.new_password).await?;
+    let requester = Requester {
+        ip: state.sessions.client_ip(&headers, peer),
+        share: Share::Account,
+    };
+    let password_hash = state.passwords.hash(body.new_password, requester).await?;
     let (user_id, revoked) = run_to_end(async move {
         let user_id = state
             .db

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,7 +120,38 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Option<Answer> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    exchange(stream, port, method, path, headers, body)
+}
+
+/// [`request`] without a body, from the loopback address `from` (another client address).
+pub fn request_from(from: Ipv4Addr, port: u16, method: &str, path: &str) -> Option<Answer> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .ok()?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind((from, 0).into()).ok()?;
+        let stream = socket
+            .connect((Ipv4Addr::LOCALHOST, port).into())
+            .await
+            .ok()?;
+        let stream = stream.into_std().ok()?;
+        stream.set_nonblocking(false).ok()?;
+        Some(stream)
+    })?;
+    exchange(stream, port, method, path, &[], None)
+}
+
+fn exchange(
+    mut stream: TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<Answer> {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
@@ -159,13 +190,47 @@ pub fn credentials(email: &str, password: &str) -> String {
     format!(r#"{{"email":"{email}","password":"{password}"}}"#)
 }
 
-/// Opens a connection and sends the start of a request head, never finishing it.
-pub fn half_open(port: u16) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+/// `count` connections to the demo from the loopback address `from` (any of 127.0.0.0/8: each
+/// is another client address to the server), each sending the start of a request head and
+/// never finishing it. A connection the server closes at once is returned all the same.
+pub fn half_open_from(from: Ipv4Addr, port: u16, count: usize) -> Vec<(Instant, TcpStream)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
         .unwrap();
-    stream
+    runtime.block_on(async {
+        let mut streams = Vec::with_capacity(count);
+        for _ in 0..count {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((from, 0).into()).unwrap();
+            let stream = socket
+                .connect((Ipv4Addr::LOCALHOST, port).into())
+                .await
+                .unwrap();
+            let mut stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            // The server may have closed it already (over a connection limit).
+            let _ = stream.write_all(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+            streams.push((Instant::now(), stream));
+        }
+        streams
+    })
+}
+
+/// Whether the server has closed `stream` already (EOF or reset), without waiting.
+pub fn closed_now(stream: &mut TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
 }
 
 /// Blocks until the server closes `stream` (EOF or reset), up to `limit`; returns when, or
