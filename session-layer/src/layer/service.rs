@@ -41,7 +41,7 @@ impl<S, U: UserId> Layer<S> for SessionLayer<U> {
     }
 }
 
-/// Middleware that puts a [`CurrentSession`] into the request extensions when the request
+/// Middleware that puts a [`CurrentSession`](crate::CurrentSession) into the request extensions when the request
 /// carries a valid session token.
 #[derive(Debug, Clone)]
 pub struct SessionService<S, U: UserId = Uuid> {
