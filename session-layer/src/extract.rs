@@ -173,6 +173,19 @@ pub(crate) fn authenticated<B, U: Clone + Send + Sync + 'static>(
     extensions.insert(CurrentSession::new(entry, transport));
 }
 
+/// The layer authenticated this request, but for a manager of another user id type than the
+/// handler asks for (`CurrentSession` is `CurrentSession<Uuid>`): a programming error that would
+/// otherwise look like a bad token.
+fn warn_if_other_id_type<U>(parts: &Parts) {
+    if parts.extensions.get::<Authenticated>().is_some() {
+        tracing::error!(
+            wanted = std::any::type_name::<CurrentSession<U>>(),
+            "the handler takes a CurrentSession of another user id type than its SessionLayer's \
+             manager: write CurrentSession<YourId>; the request is answered as unauthenticated"
+        );
+    }
+}
+
 /// Marker the layer leaves when the store could not be asked: the extractor answers 503.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionUnavailable;
@@ -243,11 +256,10 @@ impl<S: Send + Sync, U: Clone + Send + Sync + 'static> FromRequestParts<S> for C
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Self>()
-            .cloned()
-            .ok_or_else(|| SessionRejection::from_parts(parts))
+        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+            warn_if_other_id_type::<U>(parts);
+            SessionRejection::from_parts(parts)
+        })
     }
 }
 
@@ -268,6 +280,7 @@ impl<S: Send + Sync, U: Clone + Send + Sync + 'static> OptionalFromRequestParts<
         if parts.extensions.get::<SessionUnavailable>().is_some() {
             return Err(SessionRejection::Unavailable);
         }
+        warn_if_other_id_type::<U>(parts);
         Ok(None)
     }
 }

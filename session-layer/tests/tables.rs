@@ -199,3 +199,26 @@ async fn deleting_a_user_deletes_their_sessions_on_sqlite() {
     assert_eq!(left, 0, "the cascade deletes the user's sessions");
     assert!(!valid(&manager, &token).await);
 }
+
+/// A failed migration (here: the referenced users table does not exist yet) must not leave
+/// sqlx's migration lock behind: the next `migrate`, on this store or another instance's,
+/// proceeds instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_does_not_block_the_next_one() {
+    let url = test_support::postgres_database();
+    let tables = || Tables::new().user_id::<i64>().references("users", "id");
+    let first = PostgresStore::connect_with(&url, tables()).await.unwrap();
+    assert!(first.migrate().await.is_err(), "users does not exist yet");
+    sqlx::raw_sql("CREATE TABLE users (id BIGINT PRIMARY KEY)")
+        .execute(first.pool())
+        .await
+        .unwrap();
+    let second = PostgresStore::connect_with(&url, tables()).await.unwrap();
+    let migrated = tokio::time::timeout(Duration::from_secs(20), second.migrate()).await;
+    assert!(
+        matches!(migrated, Ok(Ok(()))),
+        "the second migrate waited on a lock the failed one kept: {migrated:?}"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(20), first.migrate()).await;
+    assert!(matches!(again, Ok(Ok(()))), "{again:?}");
+}

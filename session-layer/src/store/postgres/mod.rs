@@ -322,10 +322,24 @@ impl<U: UserId> PostgresStore<U> {
     ///
     /// [`StoreError`] when a migration fails.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        super::migrations::postgres(&self.names)
-            .run(&self.pool)
+        const OP: &str = "run the session-layer PostgreSQL migrations (\"previously applied but \
+                          modified\" means the Tables settings differ from those the tables \
+                          were created with)";
+        let mut conn = self
+            .pool
+            .acquire()
             .await
-            .map_err(|e| StoreError::new("run the session-layer PostgreSQL migrations", e))
+            .map_err(|e| StoreError::new(OP, e))?;
+        let ran = super::migrations::postgres(&self.names)
+            .run(&mut *conn)
+            .await;
+        if ran.is_err() {
+            // sqlx keeps its session-level migration lock when a migration fails: close this
+            // connection instead of returning it to the pool, or every later `migrate` (here or
+            // on another instance) would wait for that lock forever.
+            conn.close_on_drop();
+        }
+        ran.map_err(|e| StoreError::new(OP, e))
     }
 
     async fn begin(
