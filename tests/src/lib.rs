@@ -419,3 +419,27 @@ pub async fn reset_token_from_logs(email: &str) -> String {
     })
     .await
 }
+
+/// Runs each scenario (an `async fn(Backend)`) against both databases, as a `sqlite` and a
+/// `postgres` module of tests, like tower-sessions' `route_tests!`.
+#[macro_export]
+macro_rules! route_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}

@@ -19,29 +19,7 @@ use tokio::net::TcpStream;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Runs each scenario against both databases.
-macro_rules! route_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(e2e_tests::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(e2e_tests::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-route_tests!(
+e2e_tests::route_tests!(
     five_failed_logins_lock_the_account_for_that_address_only_and_a_success_resets_the_count,
     twenty_failed_logins_from_one_address_lock_that_address,
     wrong_current_passwords_are_throttled_like_logins,

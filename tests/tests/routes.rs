@@ -12,29 +12,7 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Runs each scenario against both databases, like tower-sessions' `route_tests!`.
-macro_rules! route_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(e2e_tests::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(e2e_tests::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-route_tests!(
+e2e_tests::route_tests!(
     register_validates_input_and_refuses_a_taken_email,
     wrong_password_and_unknown_email_are_indistinguishable,
     cookie_login_sets_a_lax_http_only_cookie_and_authenticates,
