@@ -88,25 +88,6 @@ impl Db {
         row.map_err(|e| ApiError::database(&e))
     }
 
-    /// The password hash of a user.
-    pub(crate) async fn password_hash(&self, id: Uuid) -> Result<Option<String>, ApiError> {
-        let row = match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-            }
-            Self::Sqlite(pool) => {
-                sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-            }
-        };
-        row.map_err(|e| ApiError::database(&e))
-    }
-
     /// Email and password hash of a user.
     pub(crate) async fn user_by_id(&self, id: Uuid) -> Result<Option<(String, String)>, ApiError> {
         let row = match self {

@@ -61,10 +61,6 @@ impl Clock {
 
     /// Tokio's clock: wall time is the system time at this call plus the Tokio time elapsed
     /// since, so `tokio::time::pause()` and `advance()` move both readings. For tests.
-    ///
-    /// # Panics
-    ///
-    /// Never: it reads `tokio::time::Instant`, which works outside a runtime too.
     #[must_use]
     pub fn tokio() -> Self {
         Self(Kind::Tokio {

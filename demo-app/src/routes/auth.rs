@@ -169,9 +169,10 @@ async fn check_password(
     let fence = state.sessions.fence(probe).await?;
     let stored = state
         .db
-        .password_hash(probe)
+        .user_by_id(probe)
         .await?
-        .filter(|_| found.is_some());
+        .filter(|_| found.is_some())
+        .map(|(_, hash)| hash);
     let verified = state.passwords.verify(password, stored, requester).await?;
     Ok(found.filter(|_| verified).map(|user_id| (user_id, fence)))
 }
