@@ -24,6 +24,7 @@ mod accounts;
 pub mod config;
 mod error;
 mod hashing;
+mod locations;
 mod page;
 mod quota;
 mod reset;
@@ -53,6 +54,7 @@ pub use error::{ApiError, ApiJson};
 pub use server::{ConnectionLimits, serve, serve_with};
 
 use accounts::{Db, Passwords};
+use locations::NewLocations;
 use reset::ResetQueue;
 use routes::{AppState, auth, sessions};
 use throttle::Throttle;
@@ -140,6 +142,7 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
     };
     let passwords = Passwords::new().await.map_err(|_| StartError::Passwords)?;
     let cleanup = sessions.spawn_cleanup(config.cleanup_period);
+    let locations = NewLocations::watch(&sessions);
     let (resets, reset_worker) = ResetQueue::start(db.clone());
 
     let state = AppState {
@@ -148,6 +151,7 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
         passwords,
         throttle: Arc::new(Throttle::new()),
         resets,
+        locations,
     };
     let router = router(state);
     Ok((

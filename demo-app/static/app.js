@@ -59,7 +59,9 @@ function label(s) {
   return s.device_name ? s.device_name + " \u2014 " + s.device : s.device;
 }
 
-function renderSessions(sessions) {
+// `newLocations`: session id → the address it was last used from, where that is not the
+// address it signed in from (the library's anomaly hook noted it).
+function renderSessions(sessions, newLocations) {
   const list = $("sessions");
   list.replaceChildren();
   for (const s of sessions) {
@@ -74,6 +76,13 @@ function renderSessions(sessions) {
       const badge = document.createElement("span");
       badge.className = "badge this-device";
       badge.textContent = "this device";
+      title.append(badge);
+    }
+    const moved = newLocations[s.id];
+    if (moved) {
+      const badge = document.createElement("span");
+      badge.className = "badge new-location";
+      badge.textContent = "new location: " + moved;
       title.append(badge);
     }
     const meta = document.createElement("div");
@@ -109,11 +118,11 @@ function showSignedOut(elsewhere) {
   $("sessions").replaceChildren();
 }
 
-function showSignedIn(email, sessions) {
+function showSignedIn(email, sessions, newLocations) {
   signedIn = true;
   $("signed-out-notice").hidden = true;
   $("whoami").textContent = "Signed in as " + email;
-  renderSessions(sessions);
+  renderSessions(sessions, newLocations);
   $("signed-out").hidden = true;
   $("signed-in").hidden = false;
 }
@@ -125,7 +134,7 @@ async function load() {
   const list = await api("GET", "/api/sessions");
   if (list.status === 401) return showSignedOut(signedIn);
   if (!list.ok) return fail(list);
-  showSignedIn(me.data.email, list.data.sessions);
+  showSignedIn(me.data.email, list.data.sessions, list.data.new_locations || {});
 }
 
 /** Reloads who is signed in and the session list; background calls share one load. */

@@ -10,8 +10,10 @@ use moka::future::Cache;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::anomaly::{Fingerprints, LastSeen};
 use crate::cache::LastUse;
-use crate::clock::from_us;
+use crate::clock::{from_us, to_us};
+use crate::session::Session;
 use crate::user_id::UserId;
 
 type Sessions = Arc<Mutex<Vec<(Uuid, Arc<LastUse>)>>>;
@@ -26,6 +28,7 @@ pub(crate) struct ActivityLog<U> {
     per_user: usize,
     /// Uses older than this are written for sure (a touch interval plus a flush, with slack).
     unwritten_window_us: i64,
+    fingerprints: Fingerprints,
 }
 
 /// How the log is bounded.
@@ -47,22 +50,23 @@ impl<U: UserId> ActivityLog<U> {
             idle_us: crate::clock::duration_us(bounds.idle),
             per_user: bounds.per_user.max(1),
             unwritten_window_us: crate::clock::duration_us(bounds.unwritten_window),
+            fingerprints: Fingerprints::default(),
         }
     }
 
-    /// The use record of a session just read from the store with `stored_us` as its
-    /// `last_active_at`; the same record as its earlier cache entries had, if any. Records of
-    /// the user's sessions unused for longer than the idle timeout are dropped on the way.
-    pub(crate) async fn track(
-        &self,
-        user_id: &U,
-        session_id: Uuid,
-        stored_us: i64,
-        now_us: i64,
-    ) -> Arc<LastUse> {
+    /// The key that [`LastSeen`] records of this log are fingerprinted with.
+    pub(crate) fn fingerprints(&self) -> &Fingerprints {
+        &self.fingerprints
+    }
+
+    /// The use record of a session just read from the store; the same record as its earlier
+    /// cache entries had, if any. Records of the user's sessions unused for longer than the idle
+    /// timeout are dropped on the way.
+    pub(crate) async fn track(&self, session: &Session<U>, now_us: i64) -> Arc<LastUse> {
+        let (session_id, stored_us) = (session.id, to_us(session.last_active_at));
         let sessions = self
             .users
-            .get_with_by_ref(user_id, async { Sessions::default() })
+            .get_with_by_ref(&session.user_id, async { Sessions::default() })
             .await;
         let mut sessions = lock(&sessions);
         sessions.retain(|(id, used)| {
@@ -72,7 +76,10 @@ impl<U: UserId> ActivityLog<U> {
             used.merge_stored(stored_us);
             return Arc::clone(used);
         }
-        let used = Arc::new(LastUse::new(stored_us));
+        let used = Arc::new(LastUse::new(
+            stored_us,
+            LastSeen::new(&self.fingerprints, session),
+        ));
         if sessions.len() >= self.per_user {
             // Past the bound, the least recently used record goes.
             if let Some(oldest) = (0..sessions.len()).min_by_key(|&i| sessions[i].1.used_us()) {

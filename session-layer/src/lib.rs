@@ -105,6 +105,7 @@
 #![deny(unreachable_pub, unsafe_code)]
 
 mod activity;
+pub mod anomaly;
 mod cache;
 mod client_ip;
 mod clock;
@@ -125,6 +126,7 @@ mod touch;
 mod user_id;
 mod validate;
 
+pub use anomaly::SessionAnomaly;
 pub use client_ip::resolve_client_ip;
 pub use clock::{Clock, ManualClock};
 pub use config::{CookieConfig, SessionConfig, SessionConfigBuilder};

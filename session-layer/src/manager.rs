@@ -2,7 +2,7 @@
 
 use std::borrow::Borrow;
 use std::net::IpAddr;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::activity::{ActivityLog, Bounds};
+use crate::anomaly::{AnomalyHook, Change, Origin, SessionAnomaly};
 use crate::cache::{SessionCache, SessionEntry};
 use crate::client_ip::resolve_client_ip;
 use crate::clock::duration_us;
@@ -125,6 +126,7 @@ struct Inner<U: UserId> {
     validator: Validator<U>,
     touches: TouchSender,
     counters: metrics::Counters,
+    anomaly_hook: RwLock<Option<AnomalyHook<U>>>,
     /// Dropped with the manager, which stops the invalidation relay.
     _stop_relay: Option<oneshot::Sender<()>>,
 }
@@ -196,6 +198,7 @@ impl<U: UserId> SessionManager<U> {
                 validator,
                 touches,
                 counters,
+                anomaly_hook: RwLock::new(None),
                 _stop_relay: stop_relay,
             }),
         })
@@ -380,6 +383,7 @@ impl<U: UserId> SessionManager<U> {
                 )
                 .await?;
             let hash = revoked.ok_or(Error::SessionNotFound)?;
+            tracing::info!(%session_id, %user_id, %reason, "session revoked");
             this.forget(&[hash], reason).await;
             this.inner
                 .validator
@@ -437,6 +441,13 @@ impl<U: UserId> SessionManager<U> {
                         .revoke_all(&user_id, except, reason, this.now()),
                 )
                 .await?;
+            tracing::info!(
+                %user_id,
+                except = ?except,
+                revoked = hashes.len(),
+                %reason,
+                "sessions revoked"
+            );
             this.forget(&hashes, reason).await;
             this.inner
                 .validator
@@ -531,6 +542,78 @@ impl<U: UserId> SessionManager<U> {
             Cached::Unknown => self.authenticate(hash).await?,
         };
         Ok(entry.map(|entry| CurrentSession::new(entry, Transport::Bearer)))
+    }
+
+    /// Calls `hook` for every [`SessionAnomaly`]: a session used from a different client address
+    /// or user agent than it was created with or last seen with (see [`crate::anomaly`]).
+    /// Replaces an earlier hook. The hook runs on the request's task: keep it quick, and spawn
+    /// anything that waits, such as a revocation or a notification:
+    ///
+    /// ```
+    /// # async fn run(sessions: session_layer::SessionManager) {
+    /// use session_layer::{RevocationReason, anomaly::Change};
+    ///
+    /// let manager = sessions.clone();
+    /// sessions.on_anomaly(move |anomaly| {
+    ///     if let Change::UserAgent { .. } = anomaly.change {
+    ///         let (manager, anomaly) = (manager.clone(), anomaly.clone());
+    ///         tokio::spawn(async move {
+    ///             let reason = RevocationReason::Admin;
+    ///             let _ = manager.revoke(anomaly.user_id, anomaly.session_id, reason).await;
+    ///         });
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn on_anomaly(&self, hook: impl Fn(&SessionAnomaly<U>) + Send + Sync + 'static) {
+        *self
+            .inner
+            .anomaly_hook
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
+    }
+
+    /// Compares where the request of an authenticated session comes from with where the session
+    /// was last used from, and reports each change.
+    pub(crate) fn observe(&self, entry: &SessionEntry<U>, origin: Origin<'_>) {
+        let changes = self.inner.validator.observe(entry, origin);
+        if changes.is_empty() {
+            return;
+        }
+        let session = &entry.session;
+        let hook = self
+            .inner
+            .anomaly_hook
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for change in changes {
+            match &change {
+                Change::IpAddress { previous, current } => tracing::warn!(
+                    target: "session_layer::anomaly",
+                    session_id = %session.id,
+                    user_id = %session.user_id,
+                    previous = ?previous,
+                    current = %current,
+                    "session used from a new client address"
+                ),
+                Change::UserAgent { previous, current } => tracing::warn!(
+                    target: "session_layer::anomaly",
+                    session_id = %session.id,
+                    user_id = %session.user_id,
+                    previous = ?previous,
+                    current = ?current,
+                    "session used with a new user agent"
+                ),
+            }
+            if let Some(hook) = &hook {
+                hook(&SessionAnomaly {
+                    session_id: session.id,
+                    user_id: session.user_id.clone(),
+                    change,
+                });
+            }
+        }
     }
 
     /// The layer's hot path: what memory alone says about `hash`.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::activity::ActivityLog;
+use crate::anomaly::{Change, Origin};
 use crate::cache::{Fetched, Judgement, Loaded, Miss, SessionCache, SessionEntry};
 use crate::clock::{Clock, to_us};
 use crate::error::StoreError;
@@ -131,6 +132,14 @@ impl<U: UserId> Validator<U> {
         }
     }
 
+    /// What changed in where `entry`'s session is used from (see [`crate::anomaly`]).
+    pub(crate) fn observe(&self, entry: &SessionEntry<U>, origin: Origin<'_>) -> Vec<Change> {
+        entry
+            .last_use()
+            .seen
+            .observe(self.activity.fingerprints(), &entry.session, origin)
+    }
+
     fn record_use(&self, entry: &SessionEntry<U>, now: i64) {
         if entry.record_use(now, self.touch_interval_us) {
             self.touches.touch(entry.session.id, now);
@@ -185,15 +194,7 @@ impl<U: UserId> Validator<U> {
         if expired {
             return Loaded::Rejected(Checked::Invalid);
         }
-        let last_use = self
-            .activity
-            .track(
-                &session.user_id,
-                session.id,
-                to_us(session.last_active_at),
-                now,
-            )
-            .await;
+        let last_use = self.activity.track(&session, now).await;
         let entry = SessionEntry::new(session, hash, last_use, self.clock.monotonic_us());
         match entry.judge(now, self.idle_us) {
             Judgement::Usable => Loaded::Usable(Arc::new(entry)),

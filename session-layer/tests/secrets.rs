@@ -3,41 +3,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use session_layer::{NewSession, RevocationReason, SessionConfig, SessionManager, SessionStore};
 use sqlx::Row;
 use uuid::Uuid;
-
-/// Every log line of this test binary, at TRACE, from every crate (sqlx included).
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || Capture(sink.clone()))
-            .init();
-        logs
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Runs every operation, including failures and token reuse; returns the secrets it saw.
 async fn lifecycle(store: Arc<dyn SessionStore>) -> Vec<String> {
@@ -97,7 +68,7 @@ async fn lifecycle(store: Arc<dyn SessionStore>) -> Vec<String> {
         .iter()
         .map(|t| t.hash().to_hex())
         .collect();
-    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(common::logs::captured().lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains("rotated-out session token presented again"),
         "logs were not captured"
@@ -126,7 +97,7 @@ fn assert_rows_free_of(dumps: Vec<String>, secrets: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_sqlite_rows_or_logs() {
-    captured_logs();
+    common::logs::captured();
     let store = common::sqlite_store().await;
     let pool = store.pool().clone();
     let secrets = lifecycle(Arc::new(store)).await;
@@ -143,7 +114,7 @@ async fn no_token_in_sqlite_rows_or_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_postgres_rows_or_logs() {
-    captured_logs();
+    common::logs::captured();
     let store = common::postgres_store(&test_support::postgres_database()).await;
     let pool = store.pool().clone();
     let secrets = lifecycle(Arc::new(store)).await;

@@ -33,6 +33,7 @@ e2e_tests::route_tests!(
     malformed_bodies_cookies_and_headers_get_4xx_json_never_500,
     cross_site_cookie_request_is_refused_but_same_origin_and_curl_pass,
     logs_never_contain_tokens_or_passwords,
+    a_session_used_from_a_new_address_is_logged_and_marked_in_the_list,
 );
 
 async fn register_validates_input_and_refuses_a_taken_email(backend: Backend) {
@@ -1163,4 +1164,73 @@ fn assert_rfc3339_utc(value: &Value) {
     assert!(text.ends_with('Z'), "not UTC: {text}");
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("not RFC 3339: {text}: {e}"));
+}
+
+/// The library's anomaly hook: a session used from another address than its sign-in's is logged
+/// once and marked in the list (`new_locations`); the device it moved to is the only one marked.
+async fn a_session_used_from_a_new_address_is_logged_and_marked_in_the_list(backend: Backend) {
+    let app = TestApp::start(backend, &[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let email = unique_email("moved");
+    let laptop = app.device(CHROME_WINDOWS);
+    laptop.register(&email, PASSWORD).await;
+    let home = [("x-forwarded-for", "203.0.113.5")];
+    let body = json!({"email": email, "password": PASSWORD, "transport": "bearer"});
+    let reply = laptop
+        .send(
+            Method::POST,
+            "/api/auth/login",
+            Some(body.to_string()),
+            &home,
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200);
+    let id = reply.json["session"]["id"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {}", reply.json["token"].as_str().unwrap());
+    let list = |from: &'static str| {
+        let (laptop, bearer) = (&laptop, bearer.clone());
+        async move {
+            let headers = [
+                ("x-forwarded-for", from),
+                ("authorization", bearer.as_str()),
+            ];
+            let reply = laptop
+                .send(Method::GET, "/api/sessions", None, &headers)
+                .await;
+            assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+            reply.json
+        }
+    };
+
+    let at_home = list("203.0.113.5").await;
+    assert_eq!(at_home["new_locations"], json!({}), "{at_home}");
+    assert_eq!(at_home["sessions"][0]["ip_address"], "203.0.113.5");
+
+    let away = list("198.51.100.77").await;
+    assert_eq!(
+        away["new_locations"],
+        json!({ &id: "198.51.100.77" }),
+        "{away}"
+    );
+    assert_eq!(
+        away["sessions"][0]["ip_address"], "203.0.113.5",
+        "the sign-in address stays"
+    );
+    list("198.51.100.77").await;
+    let warnings: Vec<_> = captured_logs()
+        .lines()
+        .filter(|line| {
+            line.contains(&id) && line.contains("session used from a new client address")
+        })
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one event per change, not per request: {warnings:#?}"
+    );
+    assert!(warnings[0].contains("203.0.113.5") && warnings[0].contains("198.51.100.77"));
+
+    // Back home: no marker any more.
+    let back = list("203.0.113.5").await;
+    assert_eq!(back["new_locations"], json!({}), "{back}");
 }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::accounts::{Db, Passwords};
+use crate::locations::NewLocations;
 use crate::reset::ResetQueue;
 use crate::throttle::Throttle;
 
@@ -25,6 +26,7 @@ pub(crate) struct AppState {
     pub(crate) passwords: Passwords,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) resets: ResetQueue,
+    pub(crate) locations: NewLocations,
 }
 
 /// The socket peer's address: [`crate::serve`] (or axum's

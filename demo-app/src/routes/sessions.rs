@@ -12,20 +12,27 @@ use uuid::Uuid;
 use super::{AppState, SessionView};
 use crate::error::ApiError;
 
-/// `GET /api/sessions` → the caller's active sessions, most recently active first.
+/// `GET /api/sessions` → the caller's active sessions, most recently active first, and the new
+/// address each was last used from where that differs from its sign-in address
+/// (`new_locations`, by session id).
 pub(crate) async fn list(
     State(state): State<AppState>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
-    let mut views: Vec<SessionView> = state
-        .sessions
-        .list(current.user_id())
-        .await?
+    let sessions = state.sessions.list(current.user_id()).await?;
+    let new_locations: serde_json::Map<String, serde_json::Value> = sessions
+        .iter()
+        .filter_map(|session| {
+            let ip = state.locations.of(session)?;
+            Some((session.id.to_string(), json!(ip)))
+        })
+        .collect();
+    let mut views: Vec<SessionView> = sessions
         .into_iter()
         .map(|session| SessionView::new(session, &current))
         .collect();
     SessionView::sort(&mut views);
-    Ok(Json(json!({ "sessions": views })).into_response())
+    Ok(Json(json!({ "sessions": views, "new_locations": new_locations })).into_response())
 }
 
 /// `DELETE /api/sessions/{id}` → `204`; another user's id is simply not found.

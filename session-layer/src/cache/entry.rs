@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use time::OffsetDateTime;
 
+use crate::anomaly::LastSeen;
 use crate::clock::{from_us, to_us};
 use crate::session::Session;
 use crate::token::TokenHash;
@@ -18,13 +19,16 @@ pub(crate) struct LastUse {
     used_us: AtomicI64,
     /// The newest use that is stored or queued for writing.
     written_us: AtomicI64,
+    /// Where the session was last used from.
+    pub(crate) seen: LastSeen,
 }
 
 impl LastUse {
-    pub(crate) fn new(stored_us: i64) -> Self {
+    pub(crate) fn new(stored_us: i64, seen: LastSeen) -> Self {
         Self {
             used_us: AtomicI64::new(stored_us),
             written_us: AtomicI64::new(stored_us),
+            seen,
         }
     }
 

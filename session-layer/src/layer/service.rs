@@ -10,6 +10,7 @@ use super::future::ResponseFuture;
 use crate::credential::credential;
 use uuid::Uuid;
 
+use crate::anomaly::Origin;
 use crate::extract::authenticated;
 use crate::manager::SessionManager;
 use crate::user_id::UserId;
@@ -81,8 +82,17 @@ where
         else {
             return ResponseFuture::inner(self.inner.call(request));
         };
-        match self.manager.authenticate_cached(&hash) {
+        let manager = &self.manager;
+        let origin = || {
+            Origin::of_request(
+                request.headers(),
+                request.extensions(),
+                manager.config().trusted_proxies(),
+            )
+        };
+        match manager.authenticate_cached(&hash) {
             Cached::Hit(entry) => {
+                manager.observe(&entry, origin());
                 authenticated(&mut request, entry, transport);
                 ResponseFuture::inner(self.inner.call(request))
             }
@@ -92,8 +102,15 @@ where
                 // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let manager = self.manager.clone();
-                let lookup = Box::pin(async move { manager.authenticate(hash).await });
+                let origin = origin().to_owned();
+                let manager = manager.clone();
+                let lookup = Box::pin(async move {
+                    let found = manager.authenticate(hash).await;
+                    if let Ok(Some(entry)) = &found {
+                        manager.observe(entry, origin.as_origin());
+                    }
+                    found
+                });
                 ResponseFuture::lookup(lookup, inner, request, transport)
             }
         }

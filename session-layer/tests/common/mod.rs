@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod logs;
 pub mod relay;
 
 use std::sync::Arc;
