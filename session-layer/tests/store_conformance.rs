@@ -561,3 +561,7 @@ store_suite!(postgres_i64, common::postgres_as::<i64>());
 store_suite!(memory_text, async { common::memory_as::<String>() });
 store_suite!(sqlite_text, common::sqlite_as::<String>());
 store_suite!(postgres_text, common::postgres_as::<String>());
+// Row-level security: the store as the application's role, which sees one user per transaction.
+store_suite!(postgres_rls, common::postgres_rls_as::<Uuid>());
+store_suite!(postgres_rls_i64, common::postgres_rls_as::<i64>());
+store_suite!(postgres_rls_text, common::postgres_rls_as::<String>());

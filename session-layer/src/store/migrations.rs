@@ -25,6 +25,13 @@ const POSTGRES: &Shipped = &[
     ),
 ];
 
+#[cfg(feature = "postgres")]
+const ROW_LEVEL_SECURITY: (i64, &str, &str) = (
+    20261125000002,
+    "row level security",
+    include_str!("../../migrations/postgres/20261125000002_row_level_security.sql"),
+);
+
 #[cfg(feature = "sqlite")]
 const SQLITE: &Shipped = &[
     (
@@ -66,13 +73,24 @@ pub(crate) fn postgres(names: &Names) -> Migrator {
             sessions = names.sessions,
         )
     };
+    let user_sql_type = user_type.trim_end();
+    let definer = names.definer.as_deref().unwrap_or_default();
+    // Row-level security is a migration of its own, shipped only when it is on: turning it on
+    // later applies it, and the defaults keep the historical list.
+    let shipped: Vec<_> = POSTGRES
+        .iter()
+        .chain(names.definer.is_some().then_some(&ROW_LEVEL_SECURITY))
+        .copied()
+        .collect();
     let mut migrator = migrator(
-        POSTGRES,
+        &shipped,
         names,
         &[
             ("{user_type}", user_type),
             ("{fence_user_type}", fence_user_type),
             ("{deleted_trigger}", &deleted_trigger),
+            ("{user_sql_type}", user_sql_type),
+            ("{definer}", definer),
         ],
     );
     migrator.dangerous_set_table_name(format!("{}{}", names.schema_dot, names.migrations));

@@ -19,6 +19,7 @@ use crate::user_id::{UserId, UserIdKind};
 /// | [`schema`](Self::schema) (PostgreSQL only) | none: the connection's `search_path` | all of the above in that schema, created if missing |
 /// | [`user_id`](Self::user_id) | [`Uuid`] | `user_id` columns of type `UUID`, `BIGINT` or `TEXT` (SQLite: 16-byte `BLOB`, `INTEGER`, `TEXT`) |
 /// | [`references`](Self::references) | none | `user_id REFERENCES {table} ({column}) ON DELETE CASCADE` |
+/// | [`row_level_security`](Self::row_level_security) (PostgreSQL only) | off | policies that show a transaction only its user's rows, and three `SECURITY DEFINER` functions for the lookups without a user |
 ///
 /// Two applications (or two configurations) on one database do not collide as long as their
 /// schema or prefix differ: tables, bookkeeping and (on PostgreSQL) the notification channel all
@@ -41,6 +42,7 @@ pub struct Tables<U = Uuid> {
     schema: Option<String>,
     prefix: String,
     references: Option<(String, String)>,
+    row_level_security: Option<String>,
     user: PhantomData<fn() -> U>,
 }
 
@@ -50,6 +52,7 @@ impl<U> Clone for Tables<U> {
             schema: self.schema.clone(),
             prefix: self.prefix.clone(),
             references: self.references.clone(),
+            row_level_security: self.row_level_security.clone(),
             user: PhantomData,
         }
     }
@@ -61,6 +64,7 @@ impl<U> fmt::Debug for Tables<U> {
             .field("schema", &self.schema)
             .field("prefix", &self.prefix)
             .field("references", &self.references)
+            .field("row_level_security", &self.row_level_security)
             .field("user_id", &std::any::type_name::<U>())
             .finish()
     }
@@ -75,6 +79,7 @@ impl Tables {
             schema: None,
             prefix: String::new(),
             references: None,
+            row_level_security: None,
             user: PhantomData,
         }
     }
@@ -95,6 +100,7 @@ impl<U: UserId> Tables<U> {
             schema: self.schema,
             prefix: self.prefix,
             references: self.references,
+            row_level_security: self.row_level_security,
             user: PhantomData,
         }
     }
@@ -129,6 +135,41 @@ impl<U: UserId> Tables<U> {
         self
     }
 
+    /// Row-level security on PostgreSQL, owned by `definer_role`.
+    ///
+    /// The three tables get row-level security, enabled and forced: a statement sees and changes
+    /// only the rows of the user that its transaction names in the `app.current_user_id`
+    /// setting, whichever role runs it, the tables' owner included. The store runs every
+    /// statement about one user in a transaction that sets it
+    /// (`set_config('app.current_user_id', …, true)`). Your own SQL over these tables does the
+    /// same, or sees nothing.
+    ///
+    /// The lookups that have no user yet (a token's session, the activity batch, the cleanup)
+    /// go through three `SECURITY DEFINER` functions (`{sessions}_find`, `{sessions}_touch`,
+    /// `{sessions}_cleanup`) owned by `definer_role`, the only role the policies let through.
+    /// So the roles must be apart:
+    ///
+    /// ```sql
+    /// CREATE ROLE session_definer NOLOGIN;           -- owns the three functions; nobody logs in as it
+    /// CREATE ROLE session_owner LOGIN PASSWORD '…';  -- runs `migrate`, owns the tables
+    /// GRANT session_definer TO session_owner;        -- so the migration may hand it the functions
+    /// CREATE ROLE app LOGIN PASSWORD '…';            -- the application: never a member of session_definer
+    /// -- after `migrate`, as session_owner:
+    /// GRANT USAGE ON SCHEMA auth TO app;
+    /// GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA auth TO app;
+    /// ```
+    ///
+    /// Run [`PostgresStore::migrate`](crate::store) on a store connected as the owner, and serve
+    /// with a store connected as the application's role, both with the same `Tables`. Costs one
+    /// more round trip per management call (the setting), none per cached request. Turning it on
+    /// for existing tables applies one more migration; turning it off again needs a migration of
+    /// your own. PostgreSQL only: SQLite refuses it.
+    #[must_use]
+    pub fn row_level_security(mut self, definer_role: &str) -> Self {
+        self.row_level_security = Some(definer_role.to_owned());
+        self
+    }
+
     /// Checks the names, and turns them into the table names the SQL uses.
     pub(crate) fn resolve(&self, sqlite: bool) -> Result<Names, StoreError> {
         const OP: &str = "configure the session tables";
@@ -142,6 +183,20 @@ impl<U: UserId> Tables<U> {
             return Err(StoreError::new(
                 OP,
                 "a table prefix must be lowercase letters, digits and '_', starting with a letter or '_'",
+            ));
+        }
+        if sqlite && self.row_level_security.is_some() {
+            return Err(StoreError::new(
+                OP,
+                "SQLite has no row-level security: Tables::row_level_security is for PostgreSQL",
+            ));
+        }
+        if let Some(role) = &self.row_level_security
+            && !is_identifier(role)
+        {
+            return Err(StoreError::new(
+                OP,
+                "a definer role name must be lowercase letters, digits and '_', starting with a letter or '_'",
             ));
         }
         if let Some(schema) = &self.schema
@@ -182,6 +237,8 @@ impl<U: UserId> Tables<U> {
             retired: format!("{schema_dot}{}", bare("session_retired_tokens")),
             retired_bare: bare("session_retired_tokens"),
             fences: format!("{schema_dot}{}", bare("session_user_fences")),
+            fences_bare: bare("session_user_fences"),
+            definer: self.row_level_security.clone(),
             schema_dot,
             schema: self.schema.clone(),
             migrations: format!("_{}session_layer_migrations", self.prefix),
@@ -216,6 +273,10 @@ pub(crate) struct Names {
     pub(crate) retired: String,
     pub(crate) retired_bare: String,
     pub(crate) fences: String,
+    pub(crate) fences_bare: String,
+    /// The role owning the row-level security definer functions, when it is on.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) definer: Option<String>,
     /// `schema.` or nothing.
     pub(crate) schema_dot: String,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -238,6 +299,7 @@ impl Names {
             .replace("{retired}", &self.retired)
             .replace("{retired_bare}", &self.retired_bare)
             .replace("{fences}", &self.fences)
+            .replace("{fences_bare}", &self.fences_bare)
             .replace("{schema_dot}", &self.schema_dot)
             .replace("{channel}", &self.channel)
             .replace("{references}", &self.references)
@@ -285,6 +347,19 @@ mod tests {
         }
         assert!(Tables::new().prefix("x y").resolve(true).is_err());
         assert!(Tables::new().schema("auth").resolve(true).is_err());
+        assert!(
+            Tables::new()
+                .row_level_security("definer; DROP ROLE app")
+                .resolve(false)
+                .is_err()
+        );
+        assert!(
+            Tables::new()
+                .row_level_security("definer")
+                .resolve(true)
+                .is_err(),
+            "SQLite has no row-level security"
+        );
         assert!(
             Tables::new()
                 .references("a.b.c", "id")

@@ -310,3 +310,82 @@ macro_rules! on_every_store {
         }
     };
 }
+
+/// A database with row-level security set up as `Tables::row_level_security` documents: a
+/// definer role, an owner role that migrates, and the application's role that serves.
+pub struct RlsDatabase<U: UserId> {
+    /// The store as the application's role.
+    pub app: PostgresStore<U>,
+    /// The application's role's URL, for raw SQL.
+    pub app_url: String,
+    /// The definer role's name.
+    pub definer: String,
+}
+
+/// `url` with `user:password` as its credentials.
+pub fn url_as(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// Sessions in schema `auth` with row-level security, for user ids `U`.
+pub async fn postgres_rls<U: UserId>() -> RlsDatabase<U> {
+    let admin_url = test_support::postgres_database();
+    let suffix = &Uuid::now_v7().simple().to_string()[20..];
+    let (definer, owner, app) = (
+        format!("definer_{suffix}"),
+        format!("owner_{suffix}"),
+        format!("app_{suffix}"),
+    );
+    let database = admin_url.rsplit('/').next().expect("a database name");
+    let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect");
+    for statement in [
+        format!("CREATE ROLE {definer} NOLOGIN"),
+        format!("CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw'"),
+        format!("GRANT {definer} TO {owner}"),
+        format!("CREATE ROLE {app} LOGIN PASSWORD 'app-pw'"),
+        format!("GRANT CREATE ON DATABASE {database} TO {owner}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .expect("set up roles");
+    }
+    admin.close().await;
+    let tables = || {
+        session_layer::store::Tables::new()
+            .user_id::<U>()
+            .schema("auth")
+            .row_level_security(&definer)
+    };
+    let owner_store =
+        PostgresStore::connect_with(&url_as(&admin_url, &owner, "owner-pw"), tables())
+            .await
+            .expect("connect as the owner");
+    owner_store.migrate().await.expect("migrate as the owner");
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA auth TO {app}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA auth TO {app}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(owner_store.pool())
+            .await
+            .expect("grant to the app");
+    }
+    owner_store.pool().close().await;
+    let app_url = url_as(&admin_url, &app, "app-pw");
+    let app = PostgresStore::connect_with(&app_url, tables())
+        .await
+        .expect("connect as the app");
+    RlsDatabase {
+        app,
+        app_url,
+        definer,
+    }
+}
+
+/// The application's role's store over [`postgres_rls`].
+pub async fn postgres_rls_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    Arc::new(postgres_rls::<U>().await.app)
+}

@@ -45,6 +45,8 @@ struct Sql {
     read_fence: Arc<str>,
     touch: Arc<str>,
     cleanup: Arc<str>,
+    /// With row-level security: names the transaction's user.
+    scope: Option<Arc<str>>,
 }
 
 impl Sql {
@@ -52,6 +54,21 @@ impl Sql {
         let sql = |template: &str| -> Arc<str> {
             names.render(&template.replace("{columns}", COLUMNS)).into()
         };
+        let plain = Self::plain(&sql);
+        if names.definer.is_none() {
+            return plain;
+        }
+        // Row-level security: what has no user yet goes through the definer functions.
+        Self {
+            find: sql("SELECT {columns}, is_current FROM {schema_dot}{sessions_bare}_find($1)"),
+            touch: sql("SELECT {schema_dot}{sessions_bare}_touch($1::uuid[], $2::timestamptz[])"),
+            cleanup: sql("SELECT {schema_dot}{sessions_bare}_cleanup($1, $2)"),
+            scope: Some(sql("SELECT set_config('app.current_user_id', $1, true)")),
+            ..plain
+        }
+    }
+
+    fn plain(sql: &impl Fn(&str) -> Arc<str>) -> Self {
         Self {
             insert: sql(
                 "INSERT INTO {sessions} (id, user_id, token_hash, device, device_type, device_name, \
@@ -118,6 +135,7 @@ impl Sql {
                  UPDATE {sessions} AS s SET last_active_at = locked.at FROM locked \
                  WHERE s.id = locked.id AND s.last_active_at < locked.at"),
             cleanup: sql("DELETE FROM {sessions} WHERE expires_at < $1 OR revoked_at < $2"),
+            scope: None,
         }
     }
 }
@@ -345,11 +363,52 @@ impl<U: UserId> PostgresStore<U> {
     async fn begin(
         &self,
         operation: &'static str,
-    ) -> Result<Transaction<'_, Postgres>, StoreError> {
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool
             .begin()
             .await
             .map_err(|e| StoreError::new(operation, e))
+    }
+
+    /// A transaction for statements about `user_id` (named for row-level security, if on).
+    async fn begin_for(
+        &self,
+        user_id: &U,
+        operation: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.begin(operation).await?;
+        self.scope(&mut tx, user_id, operation).await?;
+        Ok(tx)
+    }
+
+    /// Names `user_id` for the rest of the transaction, when row-level security is on.
+    async fn scope(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user_id: &U,
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
+        if let Some(scope) = &self.sql.scope {
+            sqlx::query(q(scope))
+                .bind(user_setting(user_id))
+                .execute(tx)
+                .await
+                .map_err(|e| StoreError::new(operation, e))?;
+        }
+        Ok(())
+    }
+
+    /// A connection for reads about `user_id`: see [`UserConn`].
+    async fn conn_for(&self, user_id: &U, operation: &'static str) -> Result<UserConn, StoreError> {
+        if self.sql.scope.is_some() {
+            return Ok(UserConn::Scoped(self.begin_for(user_id, operation).await?));
+        }
+        let conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::new(operation, e))?;
+        Ok(UserConn::Plain(conn))
     }
 }
 
@@ -421,6 +480,51 @@ impl<U: UserId> PostgresStore<U> {
     }
 }
 
+/// A user id as the row-level security setting holds it (the policies cast it back).
+fn user_setting<U: UserId>(user: &U) -> String {
+    match user.to_value() {
+        UserIdValue::Uuid(id) => id.to_string(),
+        UserIdValue::BigInt(id) => id.to_string(),
+        UserIdValue::Text(id) => id.into_owned(),
+    }
+}
+
+/// A connection for statements about one user: with row-level security, a transaction that
+/// names the user; without, a plain pooled connection.
+enum UserConn {
+    Scoped(Transaction<'static, Postgres>),
+    Plain(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl std::ops::Deref for UserConn {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Scoped(tx) => tx,
+            Self::Plain(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for UserConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Self::Scoped(tx) => &mut *tx,
+            Self::Plain(conn) => &mut *conn,
+        }
+    }
+}
+
+impl UserConn {
+    async fn finish(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Scoped(tx) => tx.commit().await,
+            Self::Plain(_) => Ok(()),
+        }
+    }
+}
+
 /// Takes the per-user transaction lock that sign-ins and `revoke_all` share.
 async fn lock_user<U: UserId>(
     tx: &mut Transaction<'_, Postgres>,
@@ -440,7 +544,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
     async fn insert(&self, insert: SessionInsert<'_, U>) -> Result<Inserted, StoreError> {
         const OP: &str = "insert a session";
         let session = insert.session;
-        let mut tx = self.begin(OP).await?;
+        let mut tx = self.begin_for(&session.user_id, OP).await?;
         // Serialises sign-ins of one user with each other (the session limit) and with
         // `revoke_all` (the fence). Every later statement of this transaction takes a new
         // snapshot, so it sees whatever committed before the lock was granted.
@@ -496,14 +600,13 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
 
     async fn fence(&self, user_id: &U) -> Result<Fence, StoreError> {
         const OP: &str = "read a user's fence";
-        let mut conn = self
-            .pool
-            .acquire()
+        let mut conn = self.conn_for(user_id, OP).await?;
+        let fence = self
+            .read_fence(&mut conn, user_id)
             .await
             .map_err(|e| StoreError::new(OP, e))?;
-        self.read_fence(&mut conn, user_id)
-            .await
-            .map_err(|e| StoreError::new(OP, e))
+        conn.finish().await.map_err(|e| StoreError::new(OP, e))?;
+        Ok(fence)
     }
 
     async fn find_by_token(
@@ -539,7 +642,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         live: Liveness,
     ) -> Result<Option<Session<U>>, StoreError> {
         const OP: &str = "rotate a session token";
-        let mut tx = self.begin(OP).await?;
+        let mut tx = self.begin_for(user_id, OP).await?;
         let row = bind_user(sqlx::query(q(&self.sql.rotate)).bind(session_id), user_id)
             .bind(current.as_bytes().as_slice())
             .bind(new.as_bytes().as_slice())
@@ -572,12 +675,14 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         live: Liveness,
     ) -> Result<Vec<Session<U>>, StoreError> {
         const OP: &str = "list a user's sessions";
+        let mut conn = self.conn_for(user_id, OP).await?;
         let rows = bind_user(sqlx::query(q(&self.sql.list)), user_id)
             .bind(live.now)
             .bind(live.idle_cutoff)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| StoreError::new(OP, e))?;
+        conn.finish().await.map_err(|e| StoreError::new(OP, e))?;
         rows.iter()
             .map(session_from_row)
             .collect::<Result<_, _>>()
@@ -592,7 +697,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         now: OffsetDateTime,
     ) -> Result<Option<TokenHash>, StoreError> {
         const OP: &str = "revoke a session";
-        let mut tx = self.begin(OP).await?;
+        let mut tx = self.begin_for(user_id, OP).await?;
         let rows = bind_user(sqlx::query(q(&self.sql.revoke)).bind(session_id), user_id)
             .bind(now)
             .bind(reason.as_str())
@@ -614,7 +719,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         now: OffsetDateTime,
     ) -> Result<Vec<TokenHash>, StoreError> {
         const OP: &str = "revoke a user's sessions";
-        let mut tx = self.begin(OP).await?;
+        let mut tx = self.begin_for(user_id, OP).await?;
         lock_user(&mut tx, user_id, OP).await?;
         bind_user(sqlx::query(q(&self.sql.bump_fence)), user_id)
             .execute(&mut *tx)
@@ -658,14 +763,25 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         now: OffsetDateTime,
         revoked_before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        const OP: &str = "delete expired sessions";
         // Retired token hashes go with their session (ON DELETE CASCADE).
-        let result = sqlx::query(q(&self.sql.cleanup))
+        let query = sqlx::query(q(&self.sql.cleanup))
             .bind(now)
-            .bind(revoked_before)
-            .execute(&self.pool)
+            .bind(revoked_before);
+        if self.sql.scope.is_none() {
+            let result = query
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StoreError::new(OP, e))?;
+            return Ok(result.rows_affected());
+        }
+        // The definer function counts what it deleted.
+        let row = query
+            .fetch_one(&self.pool)
             .await
-            .map_err(|e| StoreError::new("delete expired sessions", e))?;
-        Ok(result.rows_affected())
+            .map_err(|e| StoreError::new(OP, e))?;
+        let deleted: i64 = row.try_get(0).map_err(|e| StoreError::new(OP, e))?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
