@@ -43,6 +43,8 @@ pub(crate) struct Validator<U: UserId> {
     clock: Clock,
     idle_us: i64,
     touch_interval_us: i64,
+    /// Uses closer together than this are recorded once (see [`LastUse`](crate::cache::LastUse)).
+    use_granularity_us: i64,
     counters: Counters,
 }
 
@@ -70,6 +72,8 @@ impl<U: UserId> Validator<U> {
             clock: judging.clock,
             idle_us: judging.idle_us,
             touch_interval_us: judging.touch_interval_us,
+            // Idle expiry may come up to 1/128 of the timeout early (never more than a second).
+            use_granularity_us: (judging.idle_us / 128).clamp(1, 1_000_000),
             counters,
         }
     }
@@ -141,7 +145,7 @@ impl<U: UserId> Validator<U> {
     }
 
     fn record_use(&self, entry: &SessionEntry<U>, now: i64) {
-        if entry.record_use(now, self.touch_interval_us) {
+        if entry.record_use(now, self.touch_interval_us, self.use_granularity_us) {
             self.touches.touch(entry.session.id, now);
         }
     }

@@ -42,10 +42,13 @@ impl LastUse {
         self.used_us.load(Ordering::Relaxed)
     }
 
-    /// Records a use at `now`; true when this use should be written (at most once per
-    /// `touch_interval_us`, and only by the caller that wins the exchange).
-    fn record(&self, now: i64, touch_interval_us: i64) -> bool {
-        if now > self.used_us.load(Ordering::Relaxed) {
+    /// Records a use at `now`, to within `granularity_us`; true when this use should be written
+    /// (at most once per `touch_interval_us`, and only by the caller that wins the exchange).
+    ///
+    /// Within the granularity a use writes nothing: many cores using one session then only
+    /// read its record.
+    fn record(&self, now: i64, touch_interval_us: i64, granularity_us: i64) -> bool {
+        if now.saturating_sub(self.used_us.load(Ordering::Relaxed)) >= granularity_us {
             self.used_us.fetch_max(now, Ordering::Relaxed);
         }
         let written = self.written_us.load(Ordering::Relaxed);
@@ -64,6 +67,7 @@ impl LastUse {
 }
 
 /// A validated session as cached.
+#[derive(Clone)]
 pub(crate) struct SessionEntry<U> {
     pub(crate) session: Session<U>,
     pub(crate) token_hash: TokenHash,
@@ -116,9 +120,10 @@ impl<U> SessionEntry<U> {
         }
     }
 
-    /// Records a use at wall time `now`; true when it is due to be written.
-    pub(crate) fn record_use(&self, now: i64, touch_interval_us: i64) -> bool {
-        self.last_use.record(now, touch_interval_us)
+    /// Records a use at wall time `now`, to within `granularity_us`; true when it is due to be
+    /// written.
+    pub(crate) fn record_use(&self, now: i64, touch_interval_us: i64, granularity_us: i64) -> bool {
+        self.last_use.record(now, touch_interval_us, granularity_us)
     }
 
     /// The most recent use known here.

@@ -1,6 +1,10 @@
 //! A per-thread, direct-mapped front of a few slots that answers repeated tokens without
 //! touching moka. A slot is trusted only while no removal has happened in its cache since it was
 //! filled (the cache's removal generation) and while its entry is fresh.
+//!
+//! A token that hits its slot a second time gets a copy of its entry of this thread's own, so
+//! that the reference count a hit takes is not one that other cores write too: with many
+//! connections carrying one token, a shared count would bounce between cores on every request.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -18,6 +22,8 @@ struct Slot {
     /// A `SessionEntry<U>` of the cache `cache_id` (one thread serves caches of several user id
     /// types, and a thread-local cannot be generic).
     entry: Arc<dyn Any + Send + Sync>,
+    /// Whether `entry` is this thread's own copy.
+    private: bool,
 }
 
 thread_local! {
@@ -31,20 +37,26 @@ fn slot_of(hash: &TokenHash) -> usize {
 
 /// The entry this thread last saw for `hash` in cache `cache_id`, if nothing was removed from
 /// that cache since (`generation`) and `fresh` accepts it.
-pub(super) fn get<U: Send + Sync + 'static>(
+pub(super) fn get<U: Clone + Send + Sync + 'static>(
     cache_id: u64,
     generation: u64,
     hash: &TokenHash,
     fresh: impl Fn(&SessionEntry<U>) -> bool,
 ) -> Option<Arc<SessionEntry<U>>> {
-    RECENT_ENTRIES.with_borrow(|slots| match &slots[slot_of(hash)] {
+    RECENT_ENTRIES.with_borrow_mut(|slots| match &mut slots[slot_of(hash)] {
         Some(slot)
             if slot.cache_id == cache_id && slot.generation == generation && slot.hash == *hash =>
         {
-            Arc::clone(&slot.entry)
-                .downcast::<SessionEntry<U>>()
-                .ok()
-                .filter(|entry| fresh(entry))
+            let entry = (*slot.entry).downcast_ref::<SessionEntry<U>>()?;
+            if !fresh(entry) {
+                return None;
+            }
+            if !slot.private {
+                let own: Arc<SessionEntry<U>> = Arc::new(entry.clone());
+                slot.entry = own;
+                slot.private = true;
+            }
+            Arc::clone(&slot.entry).downcast::<SessionEntry<U>>().ok()
         }
         _ => None,
     })
@@ -62,6 +74,7 @@ pub(super) fn put<U: Send + Sync + 'static>(
             generation,
             hash: entry.token_hash,
             entry: Arc::clone(entry) as Arc<dyn Any + Send + Sync>,
+            private: false,
         });
     });
 }
