@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use session_layer::anomaly::Change;
+use session_layer::anomaly::{Change, Verdict};
 use session_layer::{Session, SessionManager};
 use uuid::Uuid;
 
@@ -35,6 +35,7 @@ impl NewLocations {
                 );
                 sink.by_session.insert(anomaly.session_id, current);
             }
+            Verdict::Allow
         });
         this
     }

@@ -83,9 +83,22 @@ fn peer(extensions: &Extensions) -> Option<IpAddr> {
     None
 }
 
+/// What the layer does with the request that showed a [`SessionAnomaly`], as the hook decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Serve the request as usual.
+    Allow,
+    /// Revoke the session with this reason, then pass the request on unauthenticated (a
+    /// `CurrentSession` extractor answers 401). The revocation is complete, on every instance,
+    /// before the request reaches the handler, so neither it nor any later request is served
+    /// with the session.
+    Revoke(crate::RevocationReason),
+}
+
 /// The hook called for every [`SessionAnomaly`]: it runs on the request's task, so it should be
-/// quick; spawn a task for anything that waits (a revocation, an email).
-pub(crate) type AnomalyHook<U> = std::sync::Arc<dyn Fn(&SessionAnomaly<U>) + Send + Sync>;
+/// quick; spawn a task for anything that waits (an email).
+pub(crate) type AnomalyHook<U> = std::sync::Arc<dyn Fn(&SessionAnomaly<U>) -> Verdict + Send + Sync>;
 
 /// Where a request came from, as the layer compares it.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::activity::{ActivityLog, Bounds};
-use crate::anomaly::{AnomalyHook, Change, Origin, SessionAnomaly};
+use crate::anomaly::{AnomalyHook, Change, Origin, SessionAnomaly, Verdict};
 use crate::cache::{SessionCache, SessionEntry};
 use crate::client_ip::resolve_client_ip;
 use crate::clock::duration_us;
@@ -545,27 +545,25 @@ impl<U: UserId> SessionManager<U> {
     }
 
     /// Calls `hook` for every [`SessionAnomaly`]: a session used from a different client address
-    /// or user agent than it was created with or last seen with (see [`crate::anomaly`]).
-    /// Replaces an earlier hook. The hook runs on the request's task: keep it quick, and spawn
-    /// anything that waits, such as a revocation or a notification:
+    /// or user agent than it was created with or last seen with (see [`crate::anomaly`]). The
+    /// hook's [`Verdict`] says whether the request goes on with its session, or the session is
+    /// revoked first. Replaces an earlier hook. The hook runs on the request's task: keep it
+    /// quick, and spawn anything that waits, such as a notification:
     ///
     /// ```
-    /// # async fn run(sessions: session_layer::SessionManager) {
-    /// use session_layer::{RevocationReason, anomaly::Change};
+    /// # fn run(sessions: session_layer::SessionManager) {
+    /// use session_layer::RevocationReason;
+    /// use session_layer::anomaly::{Change, Verdict};
     ///
-    /// let manager = sessions.clone();
-    /// sessions.on_anomaly(move |anomaly| {
-    ///     if let Change::UserAgent { .. } = anomaly.change {
-    ///         let (manager, anomaly) = (manager.clone(), anomaly.clone());
-    ///         tokio::spawn(async move {
-    ///             let reason = RevocationReason::Admin;
-    ///             let _ = manager.revoke(anomaly.user_id, anomaly.session_id, reason).await;
-    ///         });
-    ///     }
+    /// sessions.on_anomaly(|anomaly| match anomaly.change {
+    ///     // Another browser with this session's token: end the session before it is served.
+    ///     Change::UserAgent { .. } => Verdict::Revoke(RevocationReason::Admin),
+    ///     // A new network: let it through (the event is logged), perhaps email the user.
+    ///     _ => Verdict::Allow,
     /// });
     /// # }
     /// ```
-    pub fn on_anomaly(&self, hook: impl Fn(&SessionAnomaly<U>) + Send + Sync + 'static) {
+    pub fn on_anomaly(&self, hook: impl Fn(&SessionAnomaly<U>) -> Verdict + Send + Sync + 'static) {
         *self
             .inner
             .anomaly_hook
@@ -574,12 +572,18 @@ impl<U: UserId> SessionManager<U> {
     }
 
     /// Compares where the request of an authenticated session comes from with where the session
-    /// was last used from, and reports each change.
-    pub(crate) fn observe(&self, entry: &SessionEntry<U>, origin: Origin<'_>) {
+    /// was last used from, and reports each change; returns the revocation the hook asked for,
+    /// if any.
+    pub(crate) fn observe(
+        &self,
+        entry: &SessionEntry<U>,
+        origin: Origin<'_>,
+    ) -> Option<RevocationReason> {
         let changes = self.inner.validator.observe(entry, origin);
         if changes.is_empty() {
-            return;
+            return None;
         }
+        let mut revoke = None;
         let session = &entry.session;
         let hook = self
             .inner
@@ -607,12 +611,37 @@ impl<U: UserId> SessionManager<U> {
                 ),
             }
             if let Some(hook) = &hook {
-                hook(&SessionAnomaly {
+                let verdict = hook(&SessionAnomaly {
                     session_id: session.id,
                     user_id: session.user_id.clone(),
                     change,
                 });
+                if let Verdict::Revoke(reason) = verdict {
+                    revoke.get_or_insert(reason);
+                }
             }
+        }
+        revoke
+    }
+
+    /// Revokes a session whose anomaly hook asked for it, before its request goes on.
+    pub(crate) async fn revoke_anomalous(
+        &self,
+        session: &Session<U>,
+        reason: RevocationReason,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(
+            target: "session_layer::anomaly",
+            session_id = %session.id,
+            user_id = %session.user_id,
+            %reason,
+            "the anomaly hook revokes the session"
+        );
+        match self.revoke(&session.user_id, session.id, reason).await {
+            // Revoked meanwhile by something else: the outcome is the same.
+            Ok(()) | Err(Error::SessionNotFound) => Ok(()),
+            Err(Error::Store(error)) => Err(error),
+            Err(error) => Err(StoreError::new("revoke a session after an anomaly", error)),
         }
     }
 

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{Request, StatusCode};
-use session_layer::anomaly::{Change, PeerAddr};
+use session_layer::anomaly::{Change, PeerAddr, Verdict};
 use session_layer::{
     CurrentSession, NewSession, RevocationReason, SessionAnomaly, SessionConfig, SessionLayer,
     SessionManager, SessionStore,
@@ -56,7 +56,10 @@ async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn Se
     let manager = SessionManager::from_arc(store, config).unwrap();
     let reported: Arc<Mutex<Vec<SessionAnomaly>>> = Arc::default();
     let sink = reported.clone();
-    manager.on_anomaly(move |anomaly| sink.lock().unwrap().push(anomaly.clone()));
+    manager.on_anomaly(move |anomaly| {
+        sink.lock().unwrap().push(anomaly.clone());
+        Verdict::Allow
+    });
     let take = || std::mem::take(&mut *reported.lock().unwrap());
 
     let user = Uuid::now_v7();
@@ -157,7 +160,44 @@ async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn Se
     );
 }
 
-on_every_store!(each_change_of_address_or_user_agent_is_reported_once);
+/// A hook that answers `Verdict::Revoke` ends the session before the request is served: that
+/// request is unauthenticated, and so is every later one, on the hit and the lookup path alike.
+async fn a_revoke_verdict_ends_the_session_before_the_request_is_served(
+    store: Arc<dyn SessionStore>,
+) {
+    let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
+    manager.on_anomaly(|anomaly| match anomaly.change {
+        Change::UserAgent { .. } => Verdict::Revoke(RevocationReason::Admin),
+        _ => Verdict::Allow,
+    });
+    let app = Router::new()
+        .route("/me", get(me))
+        .layer(SessionLayer::new(manager.clone()));
+    for warm in [false, true] {
+        let user = Uuid::now_v7();
+        let (token, _) = manager
+            .create(NewSession::new(user).user_agent(Some("Firefox/140")))
+            .await
+            .unwrap();
+        let token = token.expose();
+        if warm {
+            // Cached: the anomaly shows on the hit path.
+            let status = send(&app, &token, "203.0.113.1", None, "Firefox/140").await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let stolen = send(&app, &token, "198.51.100.9", None, "curl/8.5").await;
+        assert_eq!(stolen, StatusCode::UNAUTHORIZED, "warm cache: {warm}");
+        let owner = send(&app, &token, "203.0.113.1", None, "Firefox/140").await;
+        assert_eq!(owner, StatusCode::UNAUTHORIZED, "warm cache: {warm}");
+        let sessions = manager.list(user).await.unwrap();
+        assert!(sessions.is_empty(), "warm cache: {warm}");
+    }
+}
+
+on_every_store!(
+    each_change_of_address_or_user_agent_is_reported_once,
+    a_revoke_verdict_ends_the_session_before_the_request_is_served
+);
 
 /// A plain Tower server tells the layer the peer with `PeerAddr`; without any peer the address
 /// is unknown and is not reported as a change.
@@ -167,7 +207,10 @@ async fn servers_that_are_not_axum_give_the_peer_as_peer_addr() {
         SessionManager::new(session_layer::MemoryStore::new(), SessionConfig::default()).unwrap();
     let reported: Arc<Mutex<Vec<Change>>> = Arc::default();
     let sink = reported.clone();
-    manager.on_anomaly(move |anomaly| sink.lock().unwrap().push(anomaly.change.clone()));
+    manager.on_anomaly(move |anomaly| {
+        sink.lock().unwrap().push(anomaly.change.clone());
+        Verdict::Allow
+    });
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())

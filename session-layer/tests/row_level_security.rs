@@ -106,6 +106,12 @@ async fn the_apps_role_with_user_bs_context_cannot_see_or_revoke_user_as_session
     // The narrow path answers for one hash only, and the role that owns it is out of reach.
     let find_nothing = "SELECT count(*) FROM auth.sessions_find(decode(repeat('00', 32), 'hex'))";
     assert_eq!(as_app(&mut conn, None, find_nothing).await.unwrap(), 0);
+    // The owner (a NOINHERIT member of the definer role, so that it could hand the functions
+    // over) sees nothing without a user either.
+    let mut owner = <PgConnection as sqlx::Connection>::connect(&db.owner_url)
+        .await
+        .unwrap();
+    assert_eq!(as_app(&mut owner, None, &count(sessions)).await.unwrap(), 0);
     let become_definer = format!("SET ROLE {}", db.definer);
     assert!(
         sqlx::query(sqlx::AssertSqlSafe(become_definer))

@@ -62,6 +62,15 @@ impl<S, U: UserId> SessionService<S, U> {
     }
 }
 
+impl<S: Clone, U: UserId> SessionService<S, U> {
+    /// The ready inner service, for a future that calls it later; a clone takes its place. See
+    /// https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+    fn take_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
 impl<S, ReqBody, ResBody, U: UserId> Service<Request<ReqBody>> for SessionService<S, U>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -92,26 +101,33 @@ where
         };
         match manager.authenticate_cached(&hash) {
             Cached::Hit(entry) => {
-                manager.observe(&entry, origin());
+                if let Some(reason) = manager.observe(&entry, origin()) {
+                    // The hook wants the session gone before this request is served.
+                    let manager = manager.clone();
+                    let lookup = Box::pin(async move {
+                        manager.revoke_anomalous(&entry.session, reason).await?;
+                        Ok(None)
+                    });
+                    return ResponseFuture::lookup(lookup, self.take_inner(), request, transport);
+                }
                 authenticated(&mut request, entry, transport);
                 ResponseFuture::inner(self.inner.call(request))
             }
             Cached::Refused => ResponseFuture::inner(self.inner.call(request)),
             Cached::Unknown => {
-                // The store must be asked, so the ready service moves into the future; see
-                // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
                 let origin = origin().to_owned();
                 let manager = manager.clone();
                 let lookup = Box::pin(async move {
-                    let found = manager.authenticate(hash).await;
-                    if let Ok(Some(entry)) = &found {
-                        manager.observe(entry, origin.as_origin());
+                    let found = manager.authenticate(hash).await?;
+                    if let Some(entry) = &found
+                        && let Some(reason) = manager.observe(entry, origin.as_origin())
+                    {
+                        manager.revoke_anomalous(&entry.session, reason).await?;
+                        return Ok(None);
                     }
-                    found
+                    Ok(found)
                 });
-                ResponseFuture::lookup(lookup, inner, request, transport)
+                ResponseFuture::lookup(lookup, self.take_inner(), request, transport)
             }
         }
     }

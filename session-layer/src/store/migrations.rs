@@ -6,6 +6,7 @@ use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::tables::Names;
+use crate::error::StoreError;
 use crate::user_id::UserIdKind;
 
 /// `(version, description, template)` of each migration.
@@ -48,7 +49,9 @@ const SQLITE: &Shipped = &[
 
 /// The PostgreSQL migrations for `names`.
 #[cfg(feature = "postgres")]
-pub(crate) fn postgres(names: &Names) -> Migrator {
+/// `create_schema`: whether the configured schema is missing and must be created (creating it
+/// needs `CREATE` on the database, which a pre-created schema spares the migrating role).
+pub(crate) fn postgres(names: &Names, create_schema: bool) -> Migrator {
     // Padded so that the default renders to the historical text.
     let (user_type, fence_user_type) = match names.user_kind {
         UserIdKind::Uuid => ("UUID       ", "UUID  "),
@@ -94,7 +97,7 @@ pub(crate) fn postgres(names: &Names) -> Migrator {
         ],
     );
     migrator.dangerous_set_table_name(format!("{}{}", names.schema_dot, names.migrations));
-    if let Some(schema) = &names.schema {
+    if let Some(schema) = names.schema.as_ref().filter(|_| create_schema) {
         migrator.create_schema(schema.clone());
     }
     migrator
@@ -121,6 +124,25 @@ pub(crate) fn sqlite(names: &Names) -> Migrator {
     );
     migrator.dangerous_set_table_name(names.migrations.clone());
     migrator
+}
+
+/// A failed migration run, with the likely cause when a recorded checksum differs: the
+/// `Tables` settings changed since the tables were created.
+pub(crate) fn failed(database: &'static str, error: sqlx::migrate::MigrateError) -> StoreError {
+    let operation = match (database, &error) {
+        ("postgres", sqlx::migrate::MigrateError::VersionMismatch(_)) => {
+            "run the session-layer PostgreSQL migrations (a migration recorded as applied \
+             differs from this one: the Tables settings differ from those the tables were \
+             created with)"
+        }
+        ("postgres", _) => "run the session-layer PostgreSQL migrations",
+        (_, sqlx::migrate::MigrateError::VersionMismatch(_)) => {
+            "run the session-layer SQLite migrations (a migration recorded as applied differs \
+             from this one: the Tables settings differ from those the tables were created with)"
+        }
+        _ => "run the session-layer SQLite migrations",
+    };
+    StoreError::new(operation, error)
 }
 
 fn migrator(shipped: &Shipped, names: &Names, vars: &[(&str, &str)]) -> Migrator {
@@ -154,7 +176,7 @@ mod tests {
         let names = Tables::new().resolve(false).unwrap();
         #[cfg(feature = "postgres")]
         {
-            let rendered = postgres(&names);
+            let rendered = postgres(&names, true);
             let historical = [
                 include_str!("../../tests/data/historical/postgres_1.sql"),
                 include_str!("../../tests/data/historical/postgres_2.sql"),

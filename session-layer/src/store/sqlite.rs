@@ -238,13 +238,7 @@ impl<U: UserId> SqliteStore<U> {
         super::migrations::sqlite(&self.names)
             .run(&self.pool)
             .await
-            .map_err(|e| {
-                StoreError::new(
-                    "run the session-layer SQLite migrations (\"previously applied but modified\" \
-                     means the Tables settings differ from those the tables were created with)",
-                    e,
-                )
-            })
+            .map_err(|e| super::migrations::failed("sqlite", e))
     }
 
     async fn begin(&self, operation: &'static str) -> Result<Transaction<'_, Sqlite>, StoreError> {

@@ -135,7 +135,8 @@ impl<U: UserId> Tables<U> {
         self
     }
 
-    /// Row-level security on PostgreSQL, owned by `definer_role`.
+    /// Row-level security on PostgreSQL, owned by `definer_role`. Needs a
+    /// [`schema`](Self::schema).
     ///
     /// The three tables get row-level security, enabled and forced: a statement sees and changes
     /// only the rows of the user that its transaction names in the `app.current_user_id`
@@ -147,23 +148,26 @@ impl<U: UserId> Tables<U> {
     /// The lookups that have no user yet (a token's session, the activity batch, the cleanup)
     /// go through three `SECURITY DEFINER` functions (`{sessions}_find`, `{sessions}_touch`,
     /// `{sessions}_cleanup`) owned by `definer_role`, the only role the policies let through.
-    /// So the roles must be apart:
+    /// So the roles must be apart, and only the definer may act as the definer:
     ///
     /// ```sql
-    /// CREATE ROLE session_definer NOLOGIN;           -- owns the three functions; nobody logs in as it
-    /// CREATE ROLE session_owner LOGIN PASSWORD '…';  -- runs `migrate`, owns the tables
-    /// GRANT session_definer TO session_owner;        -- so the migration may hand it the functions
-    /// CREATE ROLE app LOGIN PASSWORD '…';            -- the application: never a member of session_definer
-    /// -- after `migrate`, as session_owner:
+    /// -- once, as a superuser or a role with CREATEROLE:
+    /// CREATE ROLE session_definer NOLOGIN;                  -- owns the three functions
+    /// CREATE ROLE session_owner LOGIN NOINHERIT PASSWORD '…';  -- migrates; owns the tables
+    /// GRANT session_definer TO session_owner;  -- hands it the functions; NOINHERIT: no bypass
+    /// CREATE SCHEMA auth AUTHORIZATION session_owner;       -- or GRANT CREATE ON DATABASE
+    /// CREATE ROLE app LOGIN PASSWORD '…';                   -- serves; never a member of the two
+    /// -- after `migrate`, as session_owner (and again for tables a later release adds):
     /// GRANT USAGE ON SCHEMA auth TO app;
-    /// GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA auth TO app;
+    /// GRANT SELECT, INSERT, UPDATE, DELETE
+    ///     ON auth.sessions, auth.session_retired_tokens, auth.session_user_fences TO app;
     /// ```
     ///
-    /// Run [`PostgresStore::migrate`](crate::store) on a store connected as the owner, and serve
-    /// with a store connected as the application's role, both with the same `Tables`. Costs one
-    /// more round trip per management call (the setting), none per cached request. Turning it on
-    /// for existing tables applies one more migration; turning it off again needs a migration of
-    /// your own. PostgreSQL only: SQLite refuses it.
+    /// Run [`PostgresStore::migrate`](crate::store) only on a store connected as the owner, and
+    /// serve with a store connected as the application's role, both with the same `Tables`.
+    /// Costs one more round trip per management call (the setting), none per cached request.
+    /// Turning it on for existing tables applies one more migration; turning it off again needs
+    /// a migration of your own. PostgreSQL only: SQLite refuses it.
     #[must_use]
     pub fn row_level_security(mut self, definer_role: &str) -> Self {
         self.row_level_security = Some(definer_role.to_owned());
@@ -189,6 +193,13 @@ impl<U: UserId> Tables<U> {
             return Err(StoreError::new(
                 OP,
                 "SQLite has no row-level security: Tables::row_level_security is for PostgreSQL",
+            ));
+        }
+        if self.row_level_security.is_some() && self.schema.is_none() {
+            return Err(StoreError::new(
+                OP,
+                "row-level security needs its own schema: add Tables::schema (the definer \
+                 functions name their tables by schema, whatever the caller's search_path)",
             ));
         }
         if let Some(role) = &self.row_level_security
@@ -349,9 +360,17 @@ mod tests {
         assert!(Tables::new().schema("auth").resolve(true).is_err());
         assert!(
             Tables::new()
+                .schema("auth")
                 .row_level_security("definer; DROP ROLE app")
                 .resolve(false)
                 .is_err()
+        );
+        assert!(
+            Tables::new()
+                .row_level_security("definer")
+                .resolve(false)
+                .is_err(),
+            "row-level security needs a schema"
         );
         assert!(
             Tables::new()

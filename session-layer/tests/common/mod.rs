@@ -318,6 +318,8 @@ pub struct RlsDatabase<U: UserId> {
     pub app: PostgresStore<U>,
     /// The application's role's URL, for raw SQL.
     pub app_url: String,
+    /// The tables' owner's URL.
+    pub owner_url: String,
     /// The definer role's name.
     pub definer: String,
 }
@@ -342,10 +344,12 @@ pub async fn postgres_rls<U: UserId>() -> RlsDatabase<U> {
     let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect");
     for statement in [
         format!("CREATE ROLE {definer} NOLOGIN"),
-        format!("CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw'"),
+        format!("CREATE ROLE {owner} LOGIN NOINHERIT PASSWORD 'owner-pw'"),
         format!("GRANT {definer} TO {owner}"),
         format!("CREATE ROLE {app} LOGIN PASSWORD 'app-pw'"),
-        format!("GRANT CREATE ON DATABASE {database} TO {owner}"),
+        // A schema made for the owner: it needs no CREATE on the database.
+        format!("CREATE SCHEMA auth AUTHORIZATION {owner}"),
+        format!("REVOKE CREATE ON DATABASE {database} FROM PUBLIC"),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(&admin)
@@ -359,14 +363,18 @@ pub async fn postgres_rls<U: UserId>() -> RlsDatabase<U> {
             .schema("auth")
             .row_level_security(&definer)
     };
+    let owner_url = url_as(&admin_url, &owner, "owner-pw");
     let owner_store =
-        PostgresStore::connect_with(&url_as(&admin_url, &owner, "owner-pw"), tables())
+        PostgresStore::connect_with(&owner_url, tables())
             .await
             .expect("connect as the owner");
     owner_store.migrate().await.expect("migrate as the owner");
     for statement in [
         format!("GRANT USAGE ON SCHEMA auth TO {app}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA auth TO {app}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON auth.sessions, auth.session_retired_tokens, \
+             auth.session_user_fences TO {app}"
+        ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(owner_store.pool())
@@ -381,6 +389,7 @@ pub async fn postgres_rls<U: UserId>() -> RlsDatabase<U> {
     RlsDatabase {
         app,
         app_url,
+        owner_url,
         definer,
     }
 }

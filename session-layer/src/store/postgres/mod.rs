@@ -332,7 +332,9 @@ impl<U: UserId> PostgresStore<U> {
     }
 
     /// Creates or upgrades the session tables (see [`Tables`](super::Tables) for their names).
-    /// Safe to run on every start and from several instances at once. The bookkeeping lives in
+    /// Safe to run on every start and from several instances at once, except with
+    /// [row-level security](super::Tables::row_level_security), where only the tables' owner
+    /// migrates. The bookkeeping lives in
     /// `_session_layer_migrations` (with the prefix, in the schema), apart from the
     /// application's own sqlx migrations.
     ///
@@ -340,15 +342,26 @@ impl<U: UserId> PostgresStore<U> {
     ///
     /// [`StoreError`] when a migration fails.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        const OP: &str = "run the session-layer PostgreSQL migrations (\"previously applied but \
-                          modified\" means the Tables settings differ from those the tables \
-                          were created with)";
+        const OP: &str = "run the session-layer PostgreSQL migrations";
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(|e| StoreError::new(OP, e))?;
-        let ran = super::migrations::postgres(&self.names)
+        let create_schema = match &self.names.schema {
+            Some(schema) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                )
+                .bind(schema)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| StoreError::new(OP, e))?;
+                !exists
+            }
+            None => false,
+        };
+        let ran = super::migrations::postgres(&self.names, create_schema)
             .run(&mut *conn)
             .await;
         if ran.is_err() {
@@ -357,7 +370,7 @@ impl<U: UserId> PostgresStore<U> {
             // on another instance) would wait for that lock forever.
             conn.close_on_drop();
         }
-        ran.map_err(|e| StoreError::new(OP, e))
+        ran.map_err(|e| super::migrations::failed("postgres", e))
     }
 
     async fn begin(
