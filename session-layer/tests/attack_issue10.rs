@@ -558,3 +558,89 @@ async fn held_the_foreign_key_cascade_and_its_feed_work_under_row_level_security
     let fresh = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     assert!(fresh.validate(&token.expose()).await.unwrap().is_none());
 }
+
+async fn me_text(_: CurrentSession<String>) -> &'static str {
+    "ok"
+}
+
+/// The anomaly WARN (which whoever holds the token triggers at will) writes the user id with
+/// `Display`: a text user id chosen at registration (a user name) with a line break forges a
+/// log line of its own in a plain-text log.
+#[tokio::test]
+async fn attack_a_text_user_id_forges_log_lines_through_the_anomaly_warning() {
+    common::logs::captured();
+    let manager =
+        SessionManager::<String>::new(MemoryStore::<String>::default(), SessionConfig::default())
+            .unwrap();
+    let marker = Uuid::now_v7().simple().to_string();
+    let user = format!("mallory\n2026-11-25T04:00:00Z  INFO admin_login{{user=root}}: {marker}");
+    let (token, _) = manager
+        .create(
+            NewSession::new(user)
+                .ip_address(Some("203.0.113.1".parse().unwrap()))
+                .user_agent(Some("Firefox/140")),
+        )
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/me", get(me_text))
+        .layer(SessionLayer::new(manager));
+    let response = app
+        .oneshot(request(&token.expose(), "198.51.100.66", "Firefox/140"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let forged: Vec<_> = common::logs::lines_with(&marker)
+        .into_iter()
+        .filter(|line| line.starts_with("2026-11-25T04:00:00Z"))
+        .collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:#?}");
+}
+
+/// With user A named, the app's role cannot attach a retired hash to B's session (which would
+/// let it trip B's reuse detection and revoke B's session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_a_retired_hash_cannot_be_attached_to_another_users_session() {
+    let db = rls::<Uuid>(Some("auth")).await.unwrap();
+    let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    manager.create(NewSession::new(a)).await.unwrap();
+    let (_, b_session) = manager.create(NewSession::new(b)).await.unwrap();
+    let mut conn = PgConnection::connect(&db.app_url).await.unwrap();
+    let insert = format!(
+        "WITH i AS (INSERT INTO auth.session_retired_tokens (token_hash, session_id, retired_at) \
+         VALUES (decode(repeat('ab', 32), 'hex'), '{}', now()) RETURNING 1) SELECT count(*) FROM i",
+        b_session.id
+    );
+    assert!(scalar(&mut conn, Some(&a.to_string()), &insert).await.is_err());
+    assert!(scalar(&mut conn, None, &insert).await.is_err());
+}
+
+/// `NewSession::ip_address` stores the address as given; the layer compares canonical ones. An
+/// app that records the raw peer of a dual-stack listener (`::ffff:a.b.c.d`) gets a "new
+/// address" report on the first request of every session, from the very socket it signed in
+/// on: alert fatigue that buries real reports (or mass sign-outs, with a revoking hook).
+#[tokio::test]
+async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
+    let manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+    let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
+    let sink = seen.clone();
+    manager.on_anomaly(move |anomaly| sink.lock().unwrap().push(anomaly.change.clone()));
+    let (token, _) = manager
+        .create(
+            NewSession::new(Uuid::now_v7())
+                .ip_address(Some("::ffff:203.0.113.1".parse().unwrap()))
+                .user_agent(Some("Firefox/140")),
+        )
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .layer(SessionLayer::new(manager));
+    let response = app
+        .oneshot(request(&token.expose(), "::ffff:203.0.113.1", "Firefox/140"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), []);
+}
