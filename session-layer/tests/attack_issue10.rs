@@ -42,7 +42,14 @@ async fn rls<U: UserId>(schema: Option<&str>) -> Result<Rls<U>, String> {
 }
 
 async fn rls_with<U: UserId>(schema: Option<&str>, users: bool) -> Result<Rls<U>, String> {
-    let admin_url = test_support::postgres_database();
+    rls_on(test_support::postgres_database(), schema, users).await
+}
+
+async fn rls_on<U: UserId>(
+    admin_url: String,
+    schema: Option<&str>,
+    users: bool,
+) -> Result<Rls<U>, String> {
     let suffix = &Uuid::now_v7().simple().to_string()[20..];
     let (definer, owner, app) = (
         format!("definer_{suffix}"),
@@ -88,7 +95,9 @@ async fn rls_with<U: UserId>(schema: Option<&str>, users: bool) -> Result<Rls<U>
     let schema_name = schema.unwrap_or("public");
     for statement in [
         format!("GRANT USAGE ON SCHEMA {schema_name} TO {app}"),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_name} TO {app}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_name} TO {app}"
+        ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(owner_store.pool())
@@ -97,7 +106,9 @@ async fn rls_with<U: UserId>(schema: Option<&str>, users: bool) -> Result<Rls<U>
     }
     owner_store.pool().close().await;
     let app_url = common::url_as(&admin_url, &app, "app-pw");
-    let app = PostgresStore::connect_with(&app_url, tables()).await.unwrap();
+    let app = PostgresStore::connect_with(&app_url, tables())
+        .await
+        .unwrap();
     Ok(Rls {
         app,
         app_url,
@@ -107,7 +118,11 @@ async fn rls_with<U: UserId>(schema: Option<&str>, users: bool) -> Result<Rls<U>
 }
 
 /// Runs `sql` in a transaction naming `user` (or no one): the first column as i64.
-async fn scalar(conn: &mut PgConnection, user: Option<&str>, sql: &str) -> Result<i64, sqlx::Error> {
+async fn scalar(
+    conn: &mut PgConnection,
+    user: Option<&str>,
+    sql: &str,
+) -> Result<i64, sqlx::Error> {
     let mut tx = conn.begin().await?;
     if let Some(user) = user {
         sqlx::query("SELECT set_config('app.current_user_id', $1, true)")
@@ -236,7 +251,10 @@ async fn attack_row_level_security_without_a_schema_is_accepted_but_broken() {
         Err(error) => panic!("Tables accepted RLS without a schema, but migrate failed: {error}"),
     };
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
-    let (token, _) = manager.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
     let fresh = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     let found = fresh.validate(&token.expose()).await;
     assert!(
@@ -358,7 +376,11 @@ async fn attack_alternating_user_agents_make_one_event_per_request_without_bound
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));
     for i in 0..1000 {
-        let ua = if i % 2 == 0 { "curl/8.5" } else { "Firefox/140" };
+        let ua = if i % 2 == 0 {
+            "curl/8.5"
+        } else {
+            "Firefox/140"
+        };
         let response = app
             .clone()
             .oneshot(request(&token, "203.0.113.1", ua))
@@ -420,7 +442,10 @@ async fn attack_a_panicking_hook_kills_the_request_and_swallows_the_other_change
     // Later requests from the attacker's origin report nothing more either.
     let _ = tokio::spawn({
         let (app, token) = (app.clone(), token.to_string());
-        async move { app.oneshot(request(&token, "198.51.100.66", "curl/8.5")).await }
+        async move {
+            app.oneshot(request(&token, "198.51.100.66", "curl/8.5"))
+                .await
+        }
     })
     .await;
     let seen = seen.lock().unwrap().clone();
@@ -517,7 +542,10 @@ async fn held_forwarded_for_from_an_untrusted_peer_cannot_hide_a_new_address() {
         let mut req = request(&token.expose(), peer, "Firefox/140");
         req.headers_mut()
             .insert("x-forwarded-for", xff.parse().unwrap());
-        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            app.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
     assert_eq!(
         *seen.lock().unwrap(),
@@ -612,7 +640,11 @@ async fn held_a_retired_hash_cannot_be_attached_to_another_users_session() {
          VALUES (decode(repeat('ab', 32), 'hex'), '{}', now()) RETURNING 1) SELECT count(*) FROM i",
         b_session.id
     );
-    assert!(scalar(&mut conn, Some(&a.to_string()), &insert).await.is_err());
+    assert!(
+        scalar(&mut conn, Some(&a.to_string()), &insert)
+            .await
+            .is_err()
+    );
     assert!(scalar(&mut conn, None, &insert).await.is_err());
 }
 
@@ -638,9 +670,56 @@ async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));
     let response = app
-        .oneshot(request(&token.expose(), "::ffff:203.0.113.1", "Firefox/140"))
+        .oneshot(request(
+            &token.expose(),
+            "::ffff:203.0.113.1",
+            "Firefox/140",
+        ))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(*seen.lock().unwrap(), []);
+}
+
+/// A dead database under row-level security fails closed: 503 on lookups once the cache's
+/// lease lapses, never a pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_a_dead_database_under_row_level_security_fails_closed() {
+    let server = test_support::dedicated_postgres();
+    let db = rls_on::<Uuid>(server.create_database(), Some("auth"), false)
+        .await
+        .unwrap();
+    let store = db.app.clone().with_lease(Duration::from_millis(200));
+    let manager = SessionManager::new(store, SessionConfig::default()).unwrap();
+    let (cached, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
+    let (uncached, _) = manager
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .layer(SessionLayer::new(manager));
+    let status = |token: String| {
+        let app = app.clone();
+        async move {
+            app.oneshot(request(&token, "203.0.113.1", "Firefox/140"))
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(cached.expose().to_string()).await, StatusCode::OK);
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        status(cached.expose().to_string()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status(uncached.expose().to_string()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
