@@ -28,7 +28,7 @@ impl NewLocations {
             if let Change::IpAddress { previous, current } = anomaly.change {
                 tracing::info!(
                     session_id = %anomaly.session_id,
-                    user_id = %anomaly.user_id,
+                    user_id = ?anomaly.user_id,
                     previous = ?previous,
                     %current,
                     "new location noted for the session list"

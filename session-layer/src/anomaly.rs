@@ -8,6 +8,11 @@
 //! [`SessionManager::on_anomaly`](crate::SessionManager::on_anomaly). Requests that change
 //! nothing cost one hash of the two values and one atomic load: no lock and no allocation.
 //!
+//! At most 10 changes per session and hour are reported; past that, one more WARN says so and
+//! the rest of the hour is quiet, so that a token flipping between values cannot flood the log
+//! or the hook. A panicking hook is logged and the request goes on. User ids are logged in
+//! their `Debug` form, so a text id cannot forge a log line.
+//!
 //! What "last seen" means: each process remembers it per session for as long as it remembers the
 //! session's activity (the idle timeout plus the cache TTL). Several instances each report a change
 //! once, and a process that restarts compares with the values the session was created with.
@@ -98,7 +103,8 @@ pub enum Verdict {
 
 /// The hook called for every [`SessionAnomaly`]: it runs on the request's task, so it should be
 /// quick; spawn a task for anything that waits (an email).
-pub(crate) type AnomalyHook<U> = std::sync::Arc<dyn Fn(&SessionAnomaly<U>) -> Verdict + Send + Sync>;
+pub(crate) type AnomalyHook<U> =
+    std::sync::Arc<dyn Fn(&SessionAnomaly<U>) -> Verdict + Send + Sync>;
 
 /// Where a request came from, as the layer compares it.
 #[derive(Debug, Clone, Copy)]
@@ -181,6 +187,27 @@ pub(crate) struct LastSeen {
 struct Known {
     ip: Option<IpAddr>,
     user_agent: Option<Box<str>>,
+    /// Monotonic start of the current reporting window, and the changes reported in it.
+    window_start_us: i64,
+    reported: u32,
+    /// The window's reports are used up, and that was said.
+    silenced: bool,
+}
+
+/// At most this many changes of one session are reported per [`REPORT_WINDOW_US`]: whoever
+/// holds a token cannot turn the hook into a flood of notifications by flipping values.
+pub(crate) const MAX_REPORTS: u32 = 10;
+/// One hour.
+pub(crate) const REPORT_WINDOW_US: i64 = 3_600_000_000;
+
+/// What one observation found.
+#[derive(Debug, Default)]
+pub(crate) struct Observation {
+    /// The changes to report.
+    pub(crate) changes: Vec<Change>,
+    /// Changes were seen but not reported: the session used up its reports for this window.
+    /// Set once per window, on the first change left unreported.
+    pub(crate) suppressing: bool,
 }
 
 impl LastSeen {
@@ -193,17 +220,19 @@ impl LastSeen {
     }
 
     /// Compares `origin` with the last origin seen of `session`, remembers it, and returns what
-    /// changed (nothing on the path where no value changed).
+    /// changed (nothing on the path where no value changed). `now_us` is monotonic.
     pub(crate) fn observe<U>(
         &self,
         fingerprints: &Fingerprints,
         session: &Session<U>,
         origin: Origin<'_>,
-    ) -> Vec<Change> {
+        now_us: impl FnOnce() -> i64,
+    ) -> Observation {
         let fingerprint = fingerprints.of(origin.ip, origin.user_agent);
         if self.observed.load(Ordering::Relaxed) == fingerprint {
-            return Vec::new();
+            return Observation::default();
         }
+        let now_us = now_us();
         // Every critical section below only compares and assigns: a panic cannot leave it
         // half-done.
         let mut known = self
@@ -218,6 +247,9 @@ impl LastSeen {
                     .as_deref()
                     .and_then(normal_user_agent)
                     .map(Box::from),
+                window_start_us: now_us,
+                reported: 0,
+                silenced: false,
             })
         });
         let mut changes = Vec::new();
@@ -238,7 +270,25 @@ impl LastSeen {
             });
         }
         self.observed.store(fingerprint, Ordering::Relaxed);
-        changes
+        if changes.is_empty() {
+            return Observation::default();
+        }
+        if now_us.saturating_sub(known.window_start_us) >= REPORT_WINDOW_US {
+            known.window_start_us = now_us;
+            known.reported = 0;
+            known.silenced = false;
+        }
+        let allowed = usize::try_from(MAX_REPORTS.saturating_sub(known.reported)).unwrap_or(0);
+        let suppressing = changes.len() > allowed && !known.silenced;
+        known.silenced |= suppressing;
+        changes.truncate(allowed);
+        known.reported = known
+            .reported
+            .saturating_add(u32::try_from(changes.len()).unwrap_or(u32::MAX));
+        Observation {
+            changes,
+            suppressing,
+        }
     }
 }
 
@@ -276,7 +326,10 @@ mod tests {
         let fingerprints = Fingerprints::default();
         let session = session("192.0.2.1", "Firefox");
         let seen = LastSeen::new(&fingerprints, &session);
-        let observe = |ip, ua| seen.observe(&fingerprints, &session, origin(ip, ua));
+        let observe = |ip, ua| {
+            seen.observe(&fingerprints, &session, origin(ip, ua), || 0)
+                .changes
+        };
 
         assert!(observe(Some("192.0.2.1"), Some("Firefox")).is_empty());
         assert!(observe(None, Some("Firefox")).is_empty());
@@ -309,5 +362,26 @@ mod tests {
             }]
         );
         assert!(observe(Some("192.0.2.1"), None).is_empty());
+    }
+
+    #[test]
+    fn reports_are_bounded_per_session_and_window_and_the_bound_is_said_once() {
+        let fingerprints = Fingerprints::default();
+        let session = session("192.0.2.1", "Firefox");
+        let seen = LastSeen::new(&fingerprints, &session);
+        let flip = |i: i64, now: i64| {
+            let ua = if i % 2 == 0 { "curl" } else { "Firefox" };
+            seen.observe(&fingerprints, &session, origin(None, Some(ua)), || now)
+        };
+        let mut reported = 0;
+        let mut said = 0;
+        for i in 0..100 {
+            let observation = flip(i, 1_000);
+            reported += observation.changes.len();
+            said += usize::from(observation.suppressing);
+        }
+        assert_eq!((reported, said), (MAX_REPORTS as usize, 1));
+        // A new window reports again.
+        assert_eq!(flip(100, 1_000 + REPORT_WINDOW_US).changes.len(), 1);
     }
 }

@@ -65,7 +65,7 @@ pub fn resolve_client_ip(
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as a dual-stack socket reports v4 peers) as plain IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::activity::{ActivityLog, Bounds};
-use crate::anomaly::{AnomalyHook, Change, Origin, SessionAnomaly, Verdict};
+use crate::anomaly::{self, AnomalyHook, Change, Observation, Origin, SessionAnomaly, Verdict};
 use crate::cache::{SessionCache, SessionEntry};
 use crate::client_ip::resolve_client_ip;
 use crate::clock::duration_us;
@@ -76,9 +76,10 @@ impl<U> NewSession<U> {
         self
     }
 
-    /// The client address (see [`SessionManager::client_ip`]).
+    /// The client address (see [`SessionManager::client_ip`]). An IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`, as a dual-stack socket reports IPv4 peers) is kept as plain IPv4.
     pub fn ip_address(mut self, ip: Option<IpAddr>) -> Self {
-        self.ip_address = ip;
+        self.ip_address = ip.map(crate::client_ip::canonical);
         self
     }
 
@@ -291,13 +292,13 @@ impl<U: UserId> SessionManager<U> {
         let evicted = match inserted {
             Inserted::Created { evicted } => evicted,
             Inserted::Fenced => {
-                tracing::info!(user_id = %session.user_id, "sign-in fenced out by a revocation of all sessions");
+                tracing::info!(user_id = ?session.user_id, "sign-in fenced out by a revocation of all sessions");
                 return Err(Error::Fenced);
             }
         };
         self.forget(&evicted, RevocationReason::SessionLimit).await;
         self.cache().forget_miss(&hash).await;
-        tracing::debug!(session_id = %session.id, user_id = %session.user_id, "session created");
+        tracing::debug!(session_id = %session.id, user_id = ?session.user_id, "session created");
         Ok((token, session))
     }
 
@@ -383,7 +384,7 @@ impl<U: UserId> SessionManager<U> {
                 )
                 .await?;
             let hash = revoked.ok_or(Error::SessionNotFound)?;
-            tracing::info!(%session_id, %user_id, %reason, "session revoked");
+            tracing::info!(%session_id, user_id = ?user_id, %reason, "session revoked");
             this.forget(&[hash], reason).await;
             this.inner
                 .validator
@@ -442,7 +443,7 @@ impl<U: UserId> SessionManager<U> {
                 )
                 .await?;
             tracing::info!(
-                %user_id,
+                user_id = ?user_id,
                 except = ?except,
                 revoked = hashes.len(),
                 %reason,
@@ -579,7 +580,20 @@ impl<U: UserId> SessionManager<U> {
         entry: &SessionEntry<U>,
         origin: Origin<'_>,
     ) -> Option<RevocationReason> {
-        let changes = self.inner.validator.observe(entry, origin);
+        let Observation {
+            changes,
+            suppressing,
+        } = self.inner.validator.observe(entry, origin);
+        if suppressing {
+            tracing::warn!(
+                target: "session_layer::anomaly",
+                session_id = %entry.session.id,
+                user_id = ?entry.session.user_id,
+                max = anomaly::MAX_REPORTS,
+                "this session changed address or user agent too often: further changes within the \
+                 hour are not reported"
+            );
+        }
         if changes.is_empty() {
             return None;
         }
@@ -596,7 +610,7 @@ impl<U: UserId> SessionManager<U> {
                 Change::IpAddress { previous, current } => tracing::warn!(
                     target: "session_layer::anomaly",
                     session_id = %session.id,
-                    user_id = %session.user_id,
+                    user_id = ?session.user_id,
                     previous = ?previous,
                     current = %current,
                     "session used from a new client address"
@@ -604,20 +618,30 @@ impl<U: UserId> SessionManager<U> {
                 Change::UserAgent { previous, current } => tracing::warn!(
                     target: "session_layer::anomaly",
                     session_id = %session.id,
-                    user_id = %session.user_id,
+                    user_id = ?session.user_id,
                     previous = ?previous,
                     current = ?current,
                     "session used with a new user agent"
                 ),
             }
             if let Some(hook) = &hook {
-                let verdict = hook(&SessionAnomaly {
+                let anomaly = SessionAnomaly {
                     session_id: session.id,
                     user_id: session.user_id.clone(),
                     change,
-                });
-                if let Verdict::Revoke(reason) = verdict {
-                    revoke.get_or_insert(reason);
+                };
+                // The app's hook must not take the request down, nor the report of another
+                // change of the same request.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&anomaly))) {
+                    Ok(Verdict::Revoke(reason)) => {
+                        revoke.get_or_insert(reason);
+                    }
+                    Ok(Verdict::Allow) => {}
+                    Err(_) => tracing::error!(
+                        target: "session_layer::anomaly",
+                        session_id = %session.id,
+                        "the anomaly hook panicked; the request goes on"
+                    ),
                 }
             }
         }
@@ -633,7 +657,7 @@ impl<U: UserId> SessionManager<U> {
         tracing::warn!(
             target: "session_layer::anomaly",
             session_id = %session.id,
-            user_id = %session.user_id,
+            user_id = ?session.user_id,
             %reason,
             "the anomaly hook revokes the session"
         );
@@ -698,7 +722,7 @@ impl<U: UserId> SessionManager<U> {
         self.inner.counters.token_reuse.increment(1);
         tracing::warn!(
             session_id = %session.id,
-            user_id = %session.user_id,
+            user_id = ?session.user_id,
             "rotated-out session token presented again; revoking the session"
         );
         match self

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::activity::ActivityLog;
-use crate::anomaly::{Change, Origin};
+use crate::anomaly::{Observation, Origin};
 use crate::cache::{Fetched, Judgement, Loaded, Miss, SessionCache, SessionEntry};
 use crate::clock::{Clock, to_us};
 use crate::error::StoreError;
@@ -137,11 +137,13 @@ impl<U: UserId> Validator<U> {
     }
 
     /// What changed in where `entry`'s session is used from (see [`crate::anomaly`]).
-    pub(crate) fn observe(&self, entry: &SessionEntry<U>, origin: Origin<'_>) -> Vec<Change> {
+    pub(crate) fn observe(&self, entry: &SessionEntry<U>, origin: Origin<'_>) -> Observation {
         entry
             .last_use()
             .seen
-            .observe(self.activity.fingerprints(), &entry.session, origin)
+            .observe(self.activity.fingerprints(), &entry.session, origin, || {
+                self.clock.monotonic_us()
+            })
     }
 
     fn record_use(&self, entry: &SessionEntry<U>, now: i64) {

@@ -1,7 +1,7 @@
 //! Review 10: attacks on anomaly events and PostgreSQL row-level security.
 //!
-//! Tests named `attack_*` fail on the commit under review (each is a break); tests named
-//! `held_*` pass and document attacks that did not work.
+//! Tests named `attack_*` failed on the commit under review (e137667, each was a break) and pass
+//! since their fixes; tests named `held_*` document attacks that did not work.
 
 mod common;
 
@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{Request, StatusCode};
-use session_layer::anomaly::Change;
+use session_layer::anomaly::{Change, Verdict};
 use session_layer::store::Tables;
 use session_layer::{
     CurrentSession, MemoryStore, NewSession, PostgresStore, SessionConfig, SessionLayer,
@@ -29,92 +29,17 @@ use uuid::Uuid;
 // Row-level security
 // ---------------------------------------------------------------------------------------------
 
-struct Rls<U: UserId> {
-    app: PostgresStore<U>,
-    app_url: String,
-    admin_url: String,
-    definer: String,
-}
-
-/// `common::postgres_rls`, with the schema optional and the superuser URL kept.
-async fn rls<U: UserId>(schema: Option<&str>) -> Result<Rls<U>, String> {
+/// `common::postgres_rls_with`: row-level security in `schema`, with a foreign key to
+/// `public.app_users` when `users` is set.
+async fn rls<U: UserId>(schema: Option<&str>) -> Result<common::RlsDatabase<U>, String> {
     rls_with(schema, false).await
 }
 
-async fn rls_with<U: UserId>(schema: Option<&str>, users: bool) -> Result<Rls<U>, String> {
-    rls_on(test_support::postgres_database(), schema, users).await
-}
-
-async fn rls_on<U: UserId>(
-    admin_url: String,
+async fn rls_with<U: UserId>(
     schema: Option<&str>,
     users: bool,
-) -> Result<Rls<U>, String> {
-    let suffix = &Uuid::now_v7().simple().to_string()[20..];
-    let (definer, owner, app) = (
-        format!("definer_{suffix}"),
-        format!("owner_{suffix}"),
-        format!("app_{suffix}"),
-    );
-    let database = admin_url.rsplit('/').next().unwrap().to_owned();
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    for statement in [
-        format!("CREATE ROLE {definer} NOLOGIN"),
-        format!("CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw'"),
-        format!("GRANT {definer} TO {owner}"),
-        format!("CREATE ROLE {app} LOGIN PASSWORD 'app-pw'"),
-        format!("GRANT CREATE ON DATABASE {database} TO {owner}"),
-        format!("GRANT CREATE ON SCHEMA public TO {owner}"),
-        "CREATE TABLE public.app_users (id UUID PRIMARY KEY)".to_owned(),
-        format!("GRANT REFERENCES ON public.app_users TO {owner}"),
-        format!("GRANT SELECT, INSERT, DELETE ON public.app_users TO {app}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
-    admin.close().await;
-    let tables = || {
-        let tables = Tables::new().user_id::<U>().row_level_security(&definer);
-        let tables = if users {
-            tables.references("public.app_users", "id")
-        } else {
-            tables
-        };
-        match schema {
-            Some(schema) => tables.schema(schema),
-            None => tables,
-        }
-    };
-    let owner_store =
-        PostgresStore::connect_with(&common::url_as(&admin_url, &owner, "owner-pw"), tables())
-            .await
-            .unwrap();
-    owner_store.migrate().await.map_err(|e| e.to_string())?;
-    let schema_name = schema.unwrap_or("public");
-    for statement in [
-        format!("GRANT USAGE ON SCHEMA {schema_name} TO {app}"),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema_name} TO {app}"
-        ),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(owner_store.pool())
-            .await
-            .unwrap();
-    }
-    owner_store.pool().close().await;
-    let app_url = common::url_as(&admin_url, &app, "app-pw");
-    let app = PostgresStore::connect_with(&app_url, tables())
-        .await
-        .unwrap();
-    Ok(Rls {
-        app,
-        app_url,
-        admin_url,
-        definer,
-    })
+) -> Result<common::RlsDatabase<U>, String> {
+    common::postgres_rls_with(schema, users.then_some(())).await
 }
 
 /// Runs `sql` in a transaction naming `user` (or no one): the first column as i64.
@@ -246,22 +171,12 @@ async fn attack_app_role_extends_another_users_session_through_the_touch_functio
 /// `search_path = pg_catalog, pg_temp`: the migration or every lookup fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_row_level_security_without_a_schema_is_accepted_but_broken() {
-    let db = match rls::<Uuid>(None).await {
-        Ok(db) => db,
-        Err(error) => panic!("Tables accepted RLS without a schema, but migrate failed: {error}"),
+    // Fixed by refusing it: the definer functions need schema-qualified tables.
+    let error = match rls::<Uuid>(None).await {
+        Ok(_) => panic!("Tables accepted row-level security without a schema"),
+        Err(error) => error,
     };
-    let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
-    let (token, _) = manager
-        .create(NewSession::new(Uuid::now_v7()))
-        .await
-        .unwrap();
-    let fresh = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
-    let found = fresh.validate(&token.expose()).await;
-    assert!(
-        matches!(found, Ok(Some(_))),
-        "a fresh sign-in does not validate: {found:?}"
-    );
-    let _ = db.definer;
+    assert!(error.contains("needs its own schema"), "{error}");
 }
 
 /// String user ids with quotes, commas, and SQL are bound, never spliced: each user sees only
@@ -307,7 +222,9 @@ async fn held_a_session_level_setting_on_a_pooled_connection_does_not_leak_into_
         .connect(&db.app_url)
         .await
         .unwrap();
-    let tables = Tables::new().schema("auth").row_level_security(&db.definer);
+    let tables = Tables::new()
+        .schema("auth")
+        .row_level_security(&db.definer, &db.app_role);
     let store = PostgresStore::with_tables(pool.clone(), tables).unwrap();
     let manager = SessionManager::new(store, SessionConfig::default()).unwrap();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
@@ -362,6 +279,7 @@ async fn attack_alternating_user_agents_make_one_event_per_request_without_bound
     let sink = calls.clone();
     manager.on_anomaly(move |_| {
         sink.fetch_add(1, Ordering::Relaxed);
+        Verdict::Allow
     });
     let (token, _) = manager
         .create(
@@ -409,6 +327,7 @@ async fn attack_a_panicking_hook_kills_the_request_and_swallows_the_other_change
         if let Change::IpAddress { .. } = anomaly.change {
             panic!("hook bug");
         }
+        Verdict::Allow
     });
     let (token, _) = manager
         .create(
@@ -473,7 +392,9 @@ async fn held_concurrent_requests_from_a_new_address_are_reported_once() {
         let again = sink.clone();
         reentrant.on_anomaly(move |_| {
             again.fetch_add(1, Ordering::Relaxed);
+            Verdict::Allow
         });
+        Verdict::Allow
     });
     let (token, _) = manager
         .create(
@@ -523,7 +444,10 @@ async fn held_forwarded_for_from_an_untrusted_peer_cannot_hide_a_new_address() {
     let manager = SessionManager::new(MemoryStore::new(), config).unwrap();
     let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
     let sink = seen.clone();
-    manager.on_anomaly(move |anomaly| sink.lock().unwrap().push(anomaly.change.clone()));
+    manager.on_anomaly(move |anomaly| {
+        sink.lock().unwrap().push(anomaly.change.clone());
+        Verdict::Allow
+    });
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())
@@ -657,7 +581,10 @@ async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
     let manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
     let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
     let sink = seen.clone();
-    manager.on_anomaly(move |anomaly| sink.lock().unwrap().push(anomaly.change.clone()));
+    manager.on_anomaly(move |anomaly| {
+        sink.lock().unwrap().push(anomaly.change.clone());
+        Verdict::Allow
+    });
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())
@@ -686,7 +613,7 @@ async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_a_dead_database_under_row_level_security_fails_closed() {
     let server = test_support::dedicated_postgres();
-    let db = rls_on::<Uuid>(server.create_database(), Some("auth"), false)
+    let db = common::postgres_rls_on::<Uuid>(server.create_database(), Some("auth"), None)
         .await
         .unwrap();
     let store = db.app.clone().with_lease(Duration::from_millis(200));

@@ -47,13 +47,13 @@ CREATE FUNCTION {schema_dot}{sessions_bare}_find(hash BYTEA)
         LIMIT 1
     $$;
 
--- Activity: moves last_active_at forward (never back) for live sessions, skipping rows locked
--- by others, as the store's own statement does.
+-- Activity: moves last_active_at forward (never back, never past the database's clock) for
+-- live sessions, skipping rows locked by others, as the store's own statement does.
 CREATE FUNCTION {schema_dot}{sessions_bare}_touch(ids UUID[], times TIMESTAMPTZ[])
     RETURNS void
     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
-        WITH t AS (SELECT u.id, max(u.at) AS at
+        WITH t AS (SELECT u.id, least(max(u.at), now()) AS at
                    FROM UNNEST(ids, times) AS u(id, at) GROUP BY u.id),
              locked AS (SELECT s.id, t.at FROM {sessions} s JOIN t ON s.id = t.id
                         WHERE s.revoked_at IS NULL AND s.last_active_at < t.at
@@ -62,30 +62,36 @@ CREATE FUNCTION {schema_dot}{sessions_bare}_touch(ids UUID[], times TIMESTAMPTZ[
         WHERE s.id = locked.id AND s.last_active_at < locked.at
     $$;
 
--- Cleanup: deletes expired sessions and sessions revoked before the cutoff.
+-- Cleanup: deletes expired sessions and sessions revoked before the cutoff; no cutoff reaches
+-- past the database's clock, so no caller can delete a live session.
 CREATE FUNCTION {schema_dot}{sessions_bare}_cleanup(expired_before TIMESTAMPTZ, revoked_before TIMESTAMPTZ)
     RETURNS BIGINT
     LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
         WITH deleted AS (DELETE FROM {sessions}
-                         WHERE expires_at < expired_before OR revoked_at < revoked_before RETURNING 1)
+                         WHERE expires_at < least(expired_before, now())
+                            OR revoked_at < least(revoked_before, now())
+                         RETURNING 1)
         SELECT count(*) FROM deleted
     $$;
 
+-- Only the application's role may call the functions, and it reaches the tables only as the
+-- policies allow.
+REVOKE EXECUTE ON FUNCTION {schema_dot}{sessions_bare}_find(BYTEA),
+    {schema_dot}{sessions_bare}_touch(UUID[], TIMESTAMPTZ[]),
+    {schema_dot}{sessions_bare}_cleanup(TIMESTAMPTZ, TIMESTAMPTZ) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {schema_dot}{sessions_bare}_find(BYTEA),
+    {schema_dot}{sessions_bare}_touch(UUID[], TIMESTAMPTZ[]),
+    {schema_dot}{sessions_bare}_cleanup(TIMESTAMPTZ, TIMESTAMPTZ) TO {app_role};
+GRANT USAGE ON SCHEMA {schema} TO {app_role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {sessions}, {retired}, {fences} TO {app_role};
+
 -- The definer reads the tables through the schema; handing it the functions needs CREATE on
 -- the schema for a moment, which is taken back once they are its own.
-DO $$ BEGIN
-    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO {definer}',
-                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.oid = '{sessions}'::regclass));
-END $$;
+GRANT USAGE, CREATE ON SCHEMA {schema} TO {definer};
 GRANT SELECT, UPDATE, DELETE ON {sessions} TO {definer};
 GRANT SELECT ON {retired} TO {definer};
 ALTER FUNCTION {schema_dot}{sessions_bare}_find(BYTEA) OWNER TO {definer};
 ALTER FUNCTION {schema_dot}{sessions_bare}_touch(UUID[], TIMESTAMPTZ[]) OWNER TO {definer};
 ALTER FUNCTION {schema_dot}{sessions_bare}_cleanup(TIMESTAMPTZ, TIMESTAMPTZ) OWNER TO {definer};
-DO $$ BEGIN
-    EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM {definer}',
-                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.oid = '{sessions}'::regclass));
-END $$;
+REVOKE CREATE ON SCHEMA {schema} FROM {definer};

@@ -77,12 +77,21 @@ pub(crate) fn postgres(names: &Names, create_schema: bool) -> Migrator {
         )
     };
     let user_sql_type = user_type.trim_end();
-    let definer = names.definer.as_deref().unwrap_or_default();
+    let (definer, app_role) = names
+        .row_level_security
+        .as_ref()
+        .map_or(("", ""), |(definer, app)| (definer.as_str(), app.as_str()));
+    let schema = names.schema.as_deref().unwrap_or_default();
     // Row-level security is a migration of its own, shipped only when it is on: turning it on
     // later applies it, and the defaults keep the historical list.
     let shipped: Vec<_> = POSTGRES
         .iter()
-        .chain(names.definer.is_some().then_some(&ROW_LEVEL_SECURITY))
+        .chain(
+            names
+                .row_level_security
+                .is_some()
+                .then_some(&ROW_LEVEL_SECURITY),
+        )
         .copied()
         .collect();
     let mut migrator = migrator(
@@ -94,6 +103,8 @@ pub(crate) fn postgres(names: &Names, create_schema: bool) -> Migrator {
             ("{deleted_trigger}", &deleted_trigger),
             ("{user_sql_type}", user_sql_type),
             ("{definer}", definer),
+            ("{app_role}", app_role),
+            ("{schema}", schema),
         ],
     );
     migrator.dangerous_set_table_name(format!("{}{}", names.schema_dot, names.migrations));

@@ -42,7 +42,7 @@ pub struct Tables<U = Uuid> {
     schema: Option<String>,
     prefix: String,
     references: Option<(String, String)>,
-    row_level_security: Option<String>,
+    row_level_security: Option<(String, String)>,
     user: PhantomData<fn() -> U>,
 }
 
@@ -135,8 +135,8 @@ impl<U: UserId> Tables<U> {
         self
     }
 
-    /// Row-level security on PostgreSQL, owned by `definer_role`. Needs a
-    /// [`schema`](Self::schema).
+    /// Row-level security on PostgreSQL for the application's role `app_role`, with the
+    /// lookups that have no user owned by `definer_role`. Needs a [`schema`](Self::schema).
     ///
     /// The three tables get row-level security, enabled and forced: a statement sees and changes
     /// only the rows of the user that its transaction names in the `app.current_user_id`
@@ -147,30 +147,33 @@ impl<U: UserId> Tables<U> {
     ///
     /// The lookups that have no user yet (a token's session, the activity batch, the cleanup)
     /// go through three `SECURITY DEFINER` functions (`{sessions}_find`, `{sessions}_touch`,
-    /// `{sessions}_cleanup`) owned by `definer_role`, the only role the policies let through.
-    /// So the roles must be apart, and only the definer may act as the definer:
+    /// `{sessions}_cleanup`) owned by `definer_role`, the only role the policies let through,
+    /// and executable only by `app_role`. They answer for one token hash, never move activity
+    /// past the database's clock, and never delete a live session. So the roles must be apart,
+    /// and only the definer may act as the definer:
     ///
     /// ```sql
     /// -- once, as a superuser or a role with CREATEROLE:
-    /// CREATE ROLE session_definer NOLOGIN;                  -- owns the three functions
+    /// CREATE ROLE session_definer NOLOGIN;                     -- owns the three functions
     /// CREATE ROLE session_owner LOGIN NOINHERIT PASSWORD '…';  -- migrates; owns the tables
     /// GRANT session_definer TO session_owner;  -- hands it the functions; NOINHERIT: no bypass
-    /// CREATE SCHEMA auth AUTHORIZATION session_owner;       -- or GRANT CREATE ON DATABASE
-    /// CREATE ROLE app LOGIN PASSWORD '…';                   -- serves; never a member of the two
-    /// -- after `migrate`, as session_owner (and again for tables a later release adds):
-    /// GRANT USAGE ON SCHEMA auth TO app;
-    /// GRANT SELECT, INSERT, UPDATE, DELETE
-    ///     ON auth.sessions, auth.session_retired_tokens, auth.session_user_fences TO app;
+    /// CREATE SCHEMA auth AUTHORIZATION session_owner;          -- or GRANT CREATE ON DATABASE
+    /// CREATE ROLE app LOGIN PASSWORD '…';  -- serves; never a member of the two above
     /// ```
     ///
-    /// Run [`PostgresStore::migrate`](crate::store) only on a store connected as the owner, and
-    /// serve with a store connected as the application's role, both with the same `Tables`.
+    /// The migration grants `app_role` what it needs: `USAGE` on the schema, `SELECT`, `INSERT`,
+    /// `UPDATE`, `DELETE` on the three tables, `EXECUTE` on the three functions. Run
+    /// [`PostgresStore::migrate`](crate::store) only on a store connected as the owner, and
+    /// serve with a store connected as `app_role`, both with the same `Tables`.
+    ///
+    /// What it guards against: SQL of the application's that forgets its user filter. It is
+    /// no boundary against arbitrary SQL run as `app_role`, which may name any user.
     /// Costs one more round trip per management call (the setting), none per cached request.
     /// Turning it on for existing tables applies one more migration; turning it off again needs
     /// a migration of your own. PostgreSQL only: SQLite refuses it.
     #[must_use]
-    pub fn row_level_security(mut self, definer_role: &str) -> Self {
-        self.row_level_security = Some(definer_role.to_owned());
+    pub fn row_level_security(mut self, definer_role: &str, app_role: &str) -> Self {
+        self.row_level_security = Some((definer_role.to_owned(), app_role.to_owned()));
         self
     }
 
@@ -202,12 +205,13 @@ impl<U: UserId> Tables<U> {
                  functions name their tables by schema, whatever the caller's search_path)",
             ));
         }
-        if let Some(role) = &self.row_level_security
-            && !is_identifier(role)
+        if let Some((definer, app)) = &self.row_level_security
+            && !(is_identifier(definer) && is_identifier(app) && definer != app)
         {
             return Err(StoreError::new(
                 OP,
-                "a definer role name must be lowercase letters, digits and '_', starting with a letter or '_'",
+                "the definer and application role names must differ, and be lowercase letters, \
+                 digits and '_', starting with a letter or '_'",
             ));
         }
         if let Some(schema) = &self.schema
@@ -249,7 +253,7 @@ impl<U: UserId> Tables<U> {
             retired_bare: bare("session_retired_tokens"),
             fences: format!("{schema_dot}{}", bare("session_user_fences")),
             fences_bare: bare("session_user_fences"),
-            definer: self.row_level_security.clone(),
+            row_level_security: self.row_level_security.clone(),
             schema_dot,
             schema: self.schema.clone(),
             migrations: format!("_{}session_layer_migrations", self.prefix),
@@ -285,9 +289,9 @@ pub(crate) struct Names {
     pub(crate) retired_bare: String,
     pub(crate) fences: String,
     pub(crate) fences_bare: String,
-    /// The role owning the row-level security definer functions, when it is on.
+    /// The definer and application roles of row-level security, when it is on.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) definer: Option<String>,
+    pub(crate) row_level_security: Option<(String, String)>,
     /// `schema.` or nothing.
     pub(crate) schema_dot: String,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -361,20 +365,20 @@ mod tests {
         assert!(
             Tables::new()
                 .schema("auth")
-                .row_level_security("definer; DROP ROLE app")
+                .row_level_security("definer; DROP ROLE app", "app")
                 .resolve(false)
                 .is_err()
         );
         assert!(
             Tables::new()
-                .row_level_security("definer")
+                .row_level_security("definer", "app")
                 .resolve(false)
                 .is_err(),
             "row-level security needs a schema"
         );
         assert!(
             Tables::new()
-                .row_level_security("definer")
+                .row_level_security("definer", "app")
                 .resolve(true)
                 .is_err(),
             "SQLite has no row-level security"

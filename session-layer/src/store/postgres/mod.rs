@@ -55,7 +55,7 @@ impl Sql {
             names.render(&template.replace("{columns}", COLUMNS)).into()
         };
         let plain = Self::plain(&sql);
-        if names.definer.is_none() {
+        if names.row_level_security.is_none() {
             return plain;
         }
         // Row-level security: what has no user yet goes through the definer functions.
