@@ -2,6 +2,7 @@
 //! for a fixed duration, with every latency recorded in an HDR histogram.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,13 +14,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-/// A server to load, and the credential header every request carries.
+/// A server to load, and the credential header its requests carry.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     /// The server process, whose CPU time is read around each measurement.
     pub pid: u32,
-    pub header: Option<(HeaderName, HeaderValue)>,
+    /// The header name and its values: one token, or many that the requests take in turn.
+    pub header: Option<(HeaderName, Arc<[HeaderValue]>)>,
 }
 
 /// One measurement.
@@ -49,8 +51,13 @@ pub async fn measure(target: &Target, load: Load) -> Sample {
     let start = Instant::now() + load.warmup;
     let end = start + load.duration;
     let mut connections = JoinSet::new();
-    for _ in 0..load.connections {
-        connections.spawn(connection(target.clone(), start, end));
+    for index in 0..load.connections {
+        connections.spawn(connection(
+            target.clone(),
+            (index, load.connections),
+            start,
+            end,
+        ));
     }
     let mut latencies = new_histogram();
     let mut failures = 0;
@@ -88,7 +95,14 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<u64>, u64, u64) {
+/// Connection `index` of `count`: with many tokens, its `i`-th request carries token
+/// `index + i * count`, so that the connections together go through all of them in turn.
+async fn connection(
+    target: Target,
+    (index, count): (usize, usize),
+    start: Instant,
+    end: Instant,
+) -> (Histogram<u64>, u64, u64) {
     let stream = TcpStream::connect(target.addr)
         .await
         .expect("connect to the benchmark server");
@@ -100,10 +114,12 @@ async fn connection(target: Target, start: Instant, end: Instant) -> (Histogram<
     let mut latencies = new_histogram();
     let mut failures = 0;
     let mut responses = 0;
+    let mut next = index;
     loop {
         let mut request = Request::get("/").header(HOST, "127.0.0.1");
-        if let Some((name, value)) = &target.header {
-            request = request.header(name, value);
+        if let Some((name, values)) = &target.header {
+            request = request.header(name, &values[next % values.len()]);
+            next += count;
         }
         let request = request.body(Empty::<Bytes>::new()).expect("request");
         sender.ready().await.expect("connection ready");

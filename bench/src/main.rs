@@ -84,6 +84,54 @@ const VARIANTS: &[(&str, &str, Server)] = &[
     ),
 ];
 
+/// Where the cache-hit variants are measured: the server's runtime, the connections, and how
+/// many distinct tokens the requests carry in turn.
+#[derive(Debug, Clone, Copy)]
+struct Regime {
+    /// 0: single-threaded runtime; N: multi-threaded with N workers (and a client of N).
+    workers: usize,
+    connections: usize,
+    tokens: usize,
+}
+
+/// The regime of the main throughput table.
+const BASE_REGIME: Regime = Regime {
+    workers: 0,
+    connections: 16,
+    tokens: 1,
+};
+
+/// The regimes of the cache-hit section: single-threaded with 16 connections, and the default
+/// multi-threaded runtime (2 workers, one per core) with 64, each with one hot token and with
+/// 10,000 distinct ones.
+const REGIMES: [Regime; 4] = [
+    BASE_REGIME,
+    Regime {
+        workers: 0,
+        connections: 16,
+        tokens: 10_000,
+    },
+    Regime {
+        workers: 2,
+        connections: 64,
+        tokens: 1,
+    },
+    Regime {
+        workers: 2,
+        connections: 64,
+        tokens: 10_000,
+    },
+];
+
+/// The variants measured in every regime.
+const REGIME_VARIANTS: [&str; 5] = [
+    "bare",
+    "extension-only",
+    "layer-cookie",
+    "layer-bearer",
+    "memory",
+];
+
 #[derive(Clone, Copy)]
 enum Server {
     Harness,
@@ -97,6 +145,8 @@ struct Settings {
     scale_samples: usize,
     cached_sessions: u64,
     revoke: revoke::Settings,
+    /// The "many tokens" count of [`REGIMES`] (10,000 in a full run).
+    many_tokens: usize,
 }
 
 /// The variants the revocation section compares: baseline, cache hit with the lease off
@@ -131,6 +181,8 @@ fn main() {
             }
         }
         ["revoke", rest @ ..] => revoke_only(&all_settings(), peer_path(rest)),
+        ["regimes", rest @ ..] => regimes(&all_settings(), &peer_path(rest)),
+        ["regimes-smoke", rest @ ..] => regimes(&smoke_settings(), &peer_path(rest)),
         ["all", rest @ ..] => report(&all_settings(), peer_path(rest)),
         ["smoke", rest @ ..] => report(&smoke_settings(), peer_path(rest)),
         _ => {
@@ -151,6 +203,7 @@ fn all_settings() -> Settings {
         scale_rows: [10_000, 1_000_000],
         scale_samples: 20_000,
         cached_sessions: 100_000,
+        many_tokens: 10_000,
         revoke: revoke::Settings {
             lease: Duration::from_secs(1),
             healthy: 500,
@@ -172,6 +225,7 @@ fn smoke_settings() -> Settings {
         scale_rows: [1_000, 10_000],
         scale_samples: 200,
         cached_sessions: 1_000,
+        many_tokens: 100,
         revoke: revoke::Settings {
             lease: Duration::from_millis(200),
             healthy: 20,
@@ -197,13 +251,17 @@ struct Running {
     child: Child,
 }
 
-fn spawn(server: Server, variant: &str, url: Option<&str>, peer: &Path) -> Running {
+fn spawn(server: Server, variant: &str, url: Option<&str>, peer: &Path, regime: Regime) -> Running {
     let program = match server {
         Server::Harness => std::env::current_exe().expect("own executable"),
         Server::Peer => peer.to_path_buf(),
     };
     let mut command = Command::new(&program);
-    command.args(["serve", variant]).args(url);
+    command
+        .args(["serve", variant])
+        .args(url)
+        .env("SESSION_BENCH_WORKERS", regime.workers.to_string())
+        .env("SESSION_BENCH_TOKENS", regime.tokens.to_string());
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -215,9 +273,8 @@ fn spawn(server: Server, variant: &str, url: Option<&str>, peer: &Path) -> Runni
             )
         });
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("child stdout"))
-        .read_line(&mut line)
-        .expect("read the READY line");
+    let mut stdout = BufReader::new(child.stdout.take().expect("child stdout"));
+    stdout.read_line(&mut line).expect("read the READY line");
     let mut parts = line.trim_end().splitn(4, ' ');
     assert_eq!(
         parts.next(),
@@ -230,10 +287,22 @@ fn spawn(server: Server, variant: &str, url: Option<&str>, peer: &Path) -> Runni
         .parse()
         .expect("socket address");
     let header = parts.next().map(|name| {
-        let value = parts.next().expect("header value");
+        // Every value follows on its own line, then END.
+        let mut values = Vec::new();
+        loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read a VALUE line");
+            match line.trim_end().strip_prefix("VALUE ") {
+                Some(value) => values.push(HeaderValue::from_str(value).expect("header value")),
+                None => {
+                    assert_eq!(line.trim_end(), "END", "{variant}: {line:?}");
+                    break;
+                }
+            }
+        }
         (
             HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-            HeaderValue::from_str(value).expect("header value"),
+            values.into(),
         )
     });
     Running {
@@ -295,6 +364,94 @@ fn report(settings: &Settings, peer: PathBuf) {
     };
 
     print_report(settings, &samples, &stampede, &revocation, &scale, &value);
+    println!();
+    regimes(settings, &peer);
+}
+
+/// The cache-hit variants in every regime of [`REGIMES`], each regime its own interleaved
+/// rounds; prints one table per regime.
+fn regimes(settings: &Settings, peer: &Path) {
+    println!(
+        "### Cache hit by regime\n\n{:.1} s per measurement after {:.1} s warm-up, {} \
+         interleaved rounds per regime, medians across rounds. \"tokens\": how many distinct \
+         signed-in sessions the requests carry in turn (each connection starts at its own). The \
+         client runs on as many threads as the server's runtime has workers (one when it is \
+         single-threaded). Server CPU is per response, all threads of the server process.\n",
+        settings.load.duration.as_secs_f64(),
+        settings.load.warmup.as_secs_f64(),
+        settings.rounds
+    );
+    for regime in REGIMES {
+        let regime = Regime {
+            tokens: if regime.tokens > 1 {
+                settings.many_tokens
+            } else {
+                1
+            },
+            ..regime
+        };
+        let client = match regime.workers {
+            0 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            workers => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build(),
+        }
+        .expect("client runtime");
+        eprintln!("regime {regime:?}");
+        let load = Load {
+            connections: regime.connections,
+            ..settings.load
+        };
+        let samples = load_rounds_in(&client, &REGIME_VARIANTS, settings, peer, regime, load);
+        let rps: Vec<f64> = samples
+            .iter()
+            .map(|s| median(s.iter().map(|s| s.requests_per_sec)))
+            .collect();
+        let cpu: Vec<f64> = samples
+            .iter()
+            .map(|s| median(s.iter().map(|s| s.server_cpu_us)))
+            .collect();
+        let (bare, floor, peer_rps) = (
+            rps[variant("bare")],
+            rps[variant("extension-only")],
+            rps[variant("memory")],
+        );
+        println!(
+            "\n#### {} runtime, {} connections, {} token{}\n\n| variant | req/s | × bare | × extension floor | × tower-sessions memory | p99 µs | server CPU µs/req | CPU × bare | req/s per round | non-2xx |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+            if regime.workers == 0 {
+                "single-threaded".to_owned()
+            } else {
+                format!("multi-threaded ({} workers)", regime.workers)
+            },
+            regime.connections,
+            regime.tokens,
+            if regime.tokens == 1 { "" } else { "s" }
+        );
+        for key in REGIME_VARIANTS {
+            let i = variant(key);
+            let s = &samples[i];
+            let rounds: Vec<String> = s
+                .iter()
+                .map(|s| format!("{:.0}", s.requests_per_sec))
+                .collect();
+            println!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} | {:.3} | {} | {} |",
+                VARIANTS[i].1,
+                rps[i],
+                rps[i] / bare,
+                rps[i] / floor,
+                rps[i] / peer_rps,
+                median(s.iter().map(|s| s.p99_us)),
+                cpu[i],
+                cpu[i] / cpu[variant("bare")],
+                rounds.join(" / "),
+                s.iter().map(|s| s.failures).sum::<u64>()
+            );
+        }
+    }
 }
 
 /// Only the revocation part, at the size of `settings`: the cache-hit variants it compares
@@ -332,6 +489,18 @@ fn load_rounds(
     settings: &Settings,
     peer: &Path,
 ) -> Vec<Vec<Sample>> {
+    load_rounds_in(client, keys, settings, peer, BASE_REGIME, settings.load)
+}
+
+/// [`load_rounds`] in `regime`, with `load`.
+fn load_rounds_in(
+    client: &tokio::runtime::Runtime,
+    keys: &[&str],
+    settings: &Settings,
+    peer: &Path,
+    regime: Regime,
+    load: Load,
+) -> Vec<Vec<Sample>> {
     eprintln!("starting servers");
     let indices: Vec<usize> = keys.iter().map(|key| variant(key)).collect();
     let servers: Vec<Running> = indices
@@ -339,7 +508,7 @@ fn load_rounds(
         .map(|&i| {
             let (key, _, server) = VARIANTS[i];
             let url = key.ends_with("-pg").then(test_support::postgres_database);
-            spawn(server, key, url.as_deref(), peer)
+            spawn(server, key, url.as_deref(), peer, regime)
         })
         .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
@@ -347,7 +516,7 @@ fn load_rounds(
         for k in 0..indices.len() {
             let j = (k + round) % indices.len();
             let i = indices[j];
-            let sample = client.block_on(load::measure(&servers[j].target, settings.load));
+            let sample = client.block_on(load::measure(&servers[j].target, load));
             eprintln!(
                 "round {} {:<16} {:>9.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  cpu {:>6.2} us/req",
                 round + 1,
@@ -379,7 +548,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
     let n = values.len();
-    if n.is_multiple_of(2) {
+    if n == 0 {
+        // A variant not measured in this part of the run.
+        f64::NAN
+    } else if n.is_multiple_of(2) {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     } else {
         values[n / 2]

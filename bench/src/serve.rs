@@ -36,10 +36,7 @@ pub fn run(variant: &str, url: Option<&str>) {
     exit_with_parent(sqlite_file.clone());
     let sqlite_url = format!("sqlite://{}", sqlite_file.display());
     let pg_url = || url.expect("this variant needs a PostgreSQL URL").to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = server_runtime();
     runtime.block_on(async {
         let cached = SessionConfig::default();
         let uncached = SessionConfig::builder()
@@ -81,6 +78,32 @@ pub fn run(variant: &str, url: Option<&str>) {
     });
 }
 
+/// The runtime the regime asks for (`SESSION_BENCH_WORKERS`): unset or 0 is a single-threaded
+/// runtime, N a multi-threaded one with N workers.
+pub fn server_runtime() -> tokio::runtime::Runtime {
+    let workers: usize = std::env::var("SESSION_BENCH_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let mut builder = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build().expect("tokio runtime")
+}
+
+/// How many signed-in sessions the regime asks for (`SESSION_BENCH_TOKENS`, default 1).
+fn token_count() -> usize {
+    std::env::var("SESSION_BENCH_TOKENS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// What any middleware that hands handlers a value through the request extensions pays: one
 /// insert per request and one extraction, with nothing looked up.
 fn extension_only() -> Router {
@@ -103,36 +126,45 @@ enum Credential {
 
 async fn layer(store: impl SessionStore, config: SessionConfig, credential: Credential) {
     let manager = SessionManager::new(store, config).expect("session manager");
-    let (token, _) = manager
-        .create(NewSession::new(USER))
-        .await
-        .expect("create the benchmark session");
-    if !manager.config().cache_ttl().is_zero() {
-        // A store with an invalidation feed serves hits only while its lease holds: measure
-        // from the first request with the session cached (a MemoryStore's cache is trusted
-        // at once).
-        until_cached(&manager, &token.expose()).await;
+    let mut values = Vec::new();
+    for n in 0..token_count() {
+        // One user per session, as sign-ins of many users would make them.
+        let user = if n == 0 { USER } else { Uuid::now_v7() };
+        let (token, _) = manager
+            .create(NewSession::new(user))
+            .await
+            .expect("create a benchmark session");
+        if !manager.config().cache_ttl().is_zero() {
+            // A store with an invalidation feed serves hits only while its lease holds:
+            // measure from the first request with the session cached (a MemoryStore's cache
+            // is trusted at once).
+            until_cached(&manager, &token.expose()).await;
+        }
+        values.push(match credential {
+            Credential::Bearer => bearer(&token.expose()).1,
+            Credential::Cookie => {
+                format!("{}={}", manager.config().cookie().name(), token.expose())
+            }
+        });
     }
-    let header = match credential {
-        Credential::Bearer => bearer(&token.expose()),
-        Credential::Cookie => (
-            "cookie".to_owned(),
-            format!("{}={}", manager.config().cookie().name(), token.expose()),
-        ),
+    let name = match credential {
+        Credential::Bearer => "authorization",
+        Credential::Cookie => "cookie",
     };
     let app = Router::new()
         .route("/", get(with_session))
         .layer(SessionLayer::new(manager));
-    serve(app, Some(header)).await;
+    serve_many(app, name, values).await;
 }
 
 /// Validates `token` until it is served from the cache.
 async fn until_cached(manager: &SessionManager, token: &str) {
+    let before = manager.cached_sessions();
     for _ in 0..1_000 {
         let found = manager.validate(token).await.expect("validate");
         assert!(found.is_some(), "the benchmark session must validate");
         manager.sync_cache().await;
-        if manager.cached_sessions() > 0 {
+        if manager.cached_sessions() > before {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -203,13 +235,29 @@ async fn floor_sqlite(
         .ok_or(StatusCode::UNAUTHORIZED)
 }
 
+/// Serves `app`; the READY line carries the first value of header `name`, and the lines after
+/// it every value (`VALUE <value>`, then `END`), for regimes of many tokens.
+async fn serve_many(app: Router, name: &str, values: Vec<String>) {
+    serve_with(app, Some((name.to_owned(), values))).await;
+}
+
 async fn serve(app: Router, header: Option<(String, String)>) {
+    serve_with(app, header.map(|(name, value)| (name, vec![value]))).await;
+}
+
+async fn serve_with(app: Router, header: Option<(String, Vec<String>)>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
     match header {
-        Some((name, value)) => println!("READY {addr} {name} {value}"),
+        Some((name, values)) => {
+            println!("READY {addr} {name} {}", values[0]);
+            for value in &values {
+                println!("VALUE {value}");
+            }
+            println!("END");
+        }
         None => println!("READY {addr}"),
     }
     std::io::stdout().flush().expect("flush stdout");

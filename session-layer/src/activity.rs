@@ -66,7 +66,10 @@ impl<U: UserId> ActivityLog<U> {
         let (session_id, stored_us) = (session.id, to_us(session.last_active_at));
         let sessions = self
             .users
-            .get_with_by_ref(&session.user_id, async { Sessions::default() })
+            .get_with_by_ref(&session.user_id, async {
+                // Most users hold one session at a time: no room for four.
+                Arc::new(Mutex::new(Vec::with_capacity(1)))
+            })
             .await;
         let mut sessions = lock(&sessions);
         sessions.retain(|(id, used)| {

@@ -1,8 +1,10 @@
 //! The tower-sessions 0.14 peer, served on a 127.0.0.1 port for the harness in `bench/`.
 //!
 //! `session-bench-peer serve memory|moka-sqlite` prints
-//! `READY <addr> <header name> <header value>` once a session exists, and serves on one thread
-//! until its standard input closes (the harness ended).
+//! `READY <addr> <header name> <header value>` once its sessions exist (`SESSION_BENCH_TOKENS`,
+//! default 1), then `VALUE <header value>` for each and `END`, and serves (on the runtime
+//! `SESSION_BENCH_WORKERS` asks for: 0 or unset is one thread) until its standard input closes
+//! (the harness ended).
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -26,20 +28,31 @@ async fn user_id(session: Session) -> Result<String, StatusCode> {
     }
 }
 
+fn env_number(name: &str) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn serve<S: SessionStore + Clone>(store: S) {
-    // A signed-in session, created through the store as the layer would on a login request.
-    let mut record = Record {
-        id: Id::default(),
-        data: HashMap::from([(
-            "user_id".to_owned(),
-            serde_json::Value::String("0196c4b6-0f7e-7d43-9f3a-2f1c7c3e5a10".to_owned()),
-        )]),
-        expiry_date: OffsetDateTime::now_utc() + Duration::days(7),
-    };
-    store
-        .create(&mut record)
-        .await
-        .expect("create the peer's session");
+    // Signed-in sessions, created through the store as the layer would on login requests.
+    let mut ids = Vec::new();
+    for _ in 0..env_number("SESSION_BENCH_TOKENS").max(1) {
+        let mut record = Record {
+            id: Id::default(),
+            data: HashMap::from([(
+                "user_id".to_owned(),
+                serde_json::Value::String("0196c4b6-0f7e-7d43-9f3a-2f1c7c3e5a10".to_owned()),
+            )]),
+            expiry_date: OffsetDateTime::now_utc() + Duration::days(7),
+        };
+        store
+            .create(&mut record)
+            .await
+            .expect("create the peer's session");
+        ids.push(record.id);
+    }
     let app = Router::new()
         .route("/", get(user_id))
         .layer(SessionManagerLayer::new(store).with_secure(false));
@@ -47,7 +60,11 @@ async fn serve<S: SessionStore + Clone>(store: S) {
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("local address");
-    println!("READY {addr} cookie id={}", record.id);
+    println!("READY {addr} cookie id={}", ids[0]);
+    for id in &ids {
+        println!("VALUE id={id}");
+    }
+    println!("END");
     std::io::stdout().flush().expect("flush stdout");
     axum::serve(listener, app).await.expect("serve");
 }
@@ -66,10 +83,16 @@ fn main() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = match env_number("SESSION_BENCH_WORKERS") {
+        0 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     runtime.block_on(async {
         match variant.as_str() {
             "memory" => serve(MemoryStore::default()).await,
