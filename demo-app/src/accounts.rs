@@ -1,5 +1,5 @@
 //! The demo's own accounts: users with argon2id password hashes, and password-reset tokens.
-//! The SQL for both databases lives here, written out.
+//! One statement text serves both databases.
 
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,53 @@ pub(crate) enum Db {
     Sqlite(SqlitePool),
 }
 
+/// Runs `$body` with `$pool` bound to the database's pool: one expression, and one statement
+/// text, for both databases (sqlx binds `$N` on SQLite too).
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The reset confirmation, in transaction `$tx` of either database.
+macro_rules! reset_in {
+    ($tx:expr, $token:expr, $now:expr, $password_hash:expr) => {
+        async {
+            let mut tx = $tx;
+            let user = sqlx::query_scalar::<_, Uuid>(
+                "UPDATE password_reset_tokens SET used_at = $2 \
+                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
+                 RETURNING user_id",
+            )
+            .bind($token)
+            .bind($now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(user_id) = user else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "UPDATE password_reset_tokens SET used_at = $2 \
+                 WHERE user_id = $1 AND used_at IS NULL",
+            )
+            .bind(user_id)
+            .bind($now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                .bind(user_id)
+                .bind($password_hash)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(user_id))
+        }
+    };
+}
+
 impl Db {
     /// Runs the app's migrations (table `_sqlx_migrations`, apart from the library's).
     pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -44,92 +91,52 @@ impl Db {
     ) -> Result<Option<Uuid>, ApiError> {
         let id = Uuid::now_v7();
         let now = OffsetDateTime::now_utc();
-        let inserted = match self {
-            Self::Postgres(pool) => sqlx::query_scalar::<_, Uuid>(
-                "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (email) DO NOTHING RETURNING id",
-            )
-            .bind(id)
-            .bind(email)
-            .bind(password_hash)
-            .bind(now)
-            .fetch_optional(pool)
-            .await,
-            Self::Sqlite(pool) => sqlx::query_scalar::<_, Uuid>(
-                "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (email) DO NOTHING RETURNING id",
-            )
-            .bind(id)
-            .bind(email)
-            .bind(password_hash)
-            .bind(now)
-            .fetch_optional(pool)
-            .await,
-        };
-        inserted.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (email) DO NOTHING RETURNING id",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// The id of the user with this (normalised) email.
     pub(crate) async fn user_id_by_email(&self, email: &str) -> Result<Option<Uuid>, ApiError> {
-        let row = match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE email = $1")
-                    .bind(email)
-                    .fetch_optional(pool)
-                    .await
-            }
-            Self::Sqlite(pool) => {
-                sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE email = ?1")
-                    .bind(email)
-                    .fetch_optional(pool)
-                    .await
-            }
-        };
-        row.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
+            "SELECT id FROM users WHERE email = $1"
+        )
+        .bind(email)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// Email and password hash of a user.
     pub(crate) async fn user_by_id(&self, id: Uuid) -> Result<Option<(String, String)>, ApiError> {
-        let row = match self {
-            Self::Postgres(pool) => {
-                sqlx::query_as::<_, (String, String)>(
-                    "SELECT email, password_hash FROM users WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-            }
-            Self::Sqlite(pool) => {
-                sqlx::query_as::<_, (String, String)>(
-                    "SELECT email, password_hash FROM users WHERE id = ?1",
-                )
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-            }
-        };
-        row.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query_as::<_, (String, String)>(
+            "SELECT email, password_hash FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// Replaces a user's password hash.
     pub(crate) async fn set_password(&self, id: Uuid, password_hash: &str) -> Result<(), ApiError> {
-        let done = match self {
-            Self::Postgres(pool) => {
-                sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(password_hash)
-                    .execute(pool)
-                    .await
-                    .map(drop)
-            }
-            Self::Sqlite(pool) => sqlx::query("UPDATE users SET password_hash = ?2 WHERE id = ?1")
-                .bind(id)
-                .bind(password_hash)
-                .execute(pool)
-                .await
-                .map(drop),
-        };
-        done.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE users SET password_hash = $2 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(password_hash)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// Stores a new reset token for `user_id` (its hash only) and returns the token.
@@ -141,27 +148,16 @@ impl Db {
         })?;
         let hash = token.hash().to_hex();
         let expires = (OffsetDateTime::now_utc() + RESET_TOKEN_LIFETIME).unix_timestamp();
-        let done = match self {
-            Self::Postgres(pool) => sqlx::query(
-                "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-            )
-            .bind(hash)
-            .bind(user_id)
-            .bind(expires)
-            .execute(pool)
-            .await
-            .map(drop),
-            Self::Sqlite(pool) => sqlx::query(
-                "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
-            )
-            .bind(hash)
-            .bind(user_id)
-            .bind(expires)
-            .execute(pool)
-            .await
-            .map(drop),
-        };
-        done.map_err(|e| ApiError::database(&e))?;
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO password_reset_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&hash)
+        .bind(user_id)
+        .bind(expires)
+        .execute(pool)
+        .await
+        .map(drop))
+        .map_err(|e| ApiError::database(&e))?;
         Ok(token)
     }
 
@@ -172,23 +168,14 @@ impl Db {
         user_id: Uuid,
     ) -> Result<i64, ApiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let count = match self {
-            Self::Postgres(pool) => sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND expires_at > $2",
-            )
-            .bind(user_id)
-            .bind(now)
-            .fetch_one(pool)
-            .await,
-            Self::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = ?1 AND expires_at > ?2",
-            )
-            .bind(user_id)
-            .bind(now)
-            .fetch_one(pool)
-            .await,
-        };
-        count.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM password_reset_tokens WHERE user_id = $1 AND expires_at > $2",
+        )
+        .bind(user_id)
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// The user of an unused, unexpired reset token, without using it up.
@@ -197,29 +184,15 @@ impl Db {
         hash: &TokenHash,
     ) -> Result<Option<Uuid>, ApiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let row = match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar::<_, Uuid>(
-                    "SELECT user_id FROM password_reset_tokens \
-                 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
-                )
-                .bind(hash.to_hex())
-                .bind(now)
-                .fetch_optional(pool)
-                .await
-            }
-            Self::Sqlite(pool) => {
-                sqlx::query_scalar::<_, Uuid>(
-                    "SELECT user_id FROM password_reset_tokens \
-                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
-                )
-                .bind(hash.to_hex())
-                .bind(now)
-                .fetch_optional(pool)
-                .await
-            }
-        };
-        row.map_err(|e| ApiError::database(&e))
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
+            "SELECT user_id FROM password_reset_tokens \
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(hash.to_hex())
+        .bind(now)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| ApiError::database(&e))
     }
 
     /// Uses up a reset token and every other open token of its user, and sets the user's
@@ -233,77 +206,23 @@ impl Db {
     ) -> Result<Option<Uuid>, ApiError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let token = token.to_hex();
-        let done = match self {
+        let done: Result<Option<Uuid>, sqlx::Error> = match self {
             Self::Postgres(pool) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    let user = sqlx::query_scalar::<_, Uuid>(
-                        "UPDATE password_reset_tokens SET used_at = $2 \
-                         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 \
-                         RETURNING user_id",
-                    )
-                    .bind(&token)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(user_id) = user else {
-                        return Ok(None);
-                    };
-                    sqlx::query(
-                        "UPDATE password_reset_tokens SET used_at = $2 \
-                         WHERE user_id = $1 AND used_at IS NULL",
-                    )
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-                        .bind(user_id)
-                        .bind(password_hash)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(Some(user_id))
-                }
-                .await
+                reset_in!(pool.begin().await?, &token, now, password_hash).await
             }
+            // `BEGIN IMMEDIATE` takes the write lock up front, so this transaction cannot fail
+            // to upgrade from reader to writer and deadlock another writer.
             Self::Sqlite(pool) => {
-                async {
-                    // `BEGIN IMMEDIATE` takes the write lock up front, so this transaction
-                    // cannot fail to upgrade from reader to writer and deadlock another writer.
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    let user = sqlx::query_scalar::<_, Uuid>(
-                        "UPDATE password_reset_tokens SET used_at = ?2 \
-                         WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 \
-                         RETURNING user_id",
-                    )
-                    .bind(&token)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(user_id) = user else {
-                        return Ok(None);
-                    };
-                    sqlx::query(
-                        "UPDATE password_reset_tokens SET used_at = ?2 \
-                         WHERE user_id = ?1 AND used_at IS NULL",
-                    )
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE users SET password_hash = ?2 WHERE id = ?1")
-                        .bind(user_id)
-                        .bind(password_hash)
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(Some(user_id))
-                }
+                reset_in!(
+                    pool.begin_with("BEGIN IMMEDIATE").await?,
+                    &token,
+                    now,
+                    password_hash
+                )
                 .await
             }
         };
-        done.map_err(|e: sqlx::Error| ApiError::database(&e))
+        done.map_err(|e| ApiError::database(&e))
     }
 }
 

@@ -16,11 +16,45 @@ pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:3000";
 /// How often the background task purges expired and long-revoked sessions.
 pub const DEFAULT_CLEANUP_PERIOD: Duration = Duration::from_secs(3600);
 
+/// Which database `DATABASE_URL` names, read once from its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// `sqlite:…`.
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+}
+
+impl Database {
+    /// The kind of `url`, if it is one of the two.
+    #[must_use]
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// "SQLite" or "PostgreSQL".
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+        }
+    }
+}
+
 /// Everything the app needs to start.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// Which of the two `database_url` is.
+    pub database: Database,
     /// Where `main` listens (the tests bind their own listener instead).
     pub bind_addr: SocketAddr,
     /// Session lifetimes, cache, limit, cookie and trusted proxies.
@@ -71,16 +105,13 @@ impl AppConfig {
         };
 
         let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(invalid(
+        let database = Database::of_url(&database_url).ok_or_else(|| {
+            invalid(
                 "DATABASE_URL",
                 &database_url,
                 "expected sqlite://… or postgres://…",
-            ));
-        }
+            )
+        })?;
         let bind = get("BIND_ADDR").unwrap_or_else(|| DEFAULT_BIND_ADDR.to_owned());
         let bind_addr = bind.parse().map_err(|_| {
             invalid(
@@ -132,6 +163,7 @@ impl AppConfig {
             .build()?;
         Ok(Self {
             database_url,
+            database,
             bind_addr,
             session,
             cleanup_period: DEFAULT_CLEANUP_PERIOD,

@@ -54,6 +54,7 @@ pub use error::{ApiError, ApiJson};
 pub use server::{ConnectionLimits, serve, serve_with};
 
 use accounts::{Db, Passwords};
+use config::Database;
 use locations::NewLocations;
 use reset::ResetQueue;
 use routes::{AppState, auth, sessions};
@@ -123,7 +124,7 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
     // Sessions sit beside the accounts, in their own schema (PostgreSQL) or under their own
     // prefix (SQLite), with a foreign key to `users`: deleting a user deletes their sessions.
     // The accounts are migrated first, so the key has a table to point at.
-    let (db, sessions) = if config.database_url.starts_with("sqlite:") {
+    let (db, sessions) = if config.database == Database::Sqlite {
         let tables = Tables::new().prefix("auth_").references("users", "id");
         let store = SqliteStore::connect_with(&config.database_url, tables).await?;
         let db = Db::Sqlite(store.pool().clone());

@@ -31,11 +31,7 @@ async fn main() -> ExitCode {
 
 async fn run(config: AppConfig) -> Result<(), Box<dyn std::error::Error>> {
     let bind_addr = config.bind_addr;
-    let database = if config.database_url.starts_with("sqlite:") {
-        "SQLite"
-    } else {
-        "PostgreSQL"
-    };
+    let database = config.database.name();
     let (router, handle) = build_app(config).await?;
     let listener = tokio::net::TcpListener::bind(bind_addr)
         .await

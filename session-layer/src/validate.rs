@@ -72,8 +72,9 @@ impl<U: UserId> Validator<U> {
             clock: judging.clock,
             idle_us: judging.idle_us,
             touch_interval_us: judging.touch_interval_us,
-            // Idle expiry may come up to 1/128 of the timeout early (never more than a second).
-            use_granularity_us: (judging.idle_us / 128).clamp(1, 1_000_000),
+            // At most one write per millisecond however many requests carry the session, and
+            // idle expiry never more than that early.
+            use_granularity_us: (judging.idle_us / 128).clamp(1, 1_000),
             counters,
         }
     }
