@@ -66,7 +66,8 @@
 //!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
 //!   when absent, 503 when the store was unreachable).
 //! - [Stores](store) behind [`SessionStore`]: `PostgresStore` (feature `postgres`, with strict
-//!   cross-instance revocation over `LISTEN/NOTIFY`), `SqliteStore` (feature `sqlite`),
+//!   cross-instance revocation over `LISTEN/NOTIFY`), `RedisStore` (feature `redis`, the same
+//!   over pub/sub), `SqliteStore` (feature `sqlite`),
 //!   [`MemoryStore`].
 //! - The application's own user ids: [`Uuid`](uuid::Uuid) by default, `i64`, `String`, or a
 //!   newtype of one of them ([`UserId`]); `SessionManager<i64>`, `CurrentSession<i64>` and so
@@ -138,6 +139,9 @@ pub use session::{RevocationReason, Session, UnknownReason};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
