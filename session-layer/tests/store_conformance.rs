@@ -1,4 +1,5 @@
-//! One suite, every store: the SQL stores must behave exactly like the in-memory reference.
+//! One suite, every store: the SQL and Redis stores must behave exactly like the in-memory
+//! reference.
 
 mod common;
 
@@ -561,3 +562,9 @@ store_suite!(postgres_i64, common::postgres_as::<i64>());
 store_suite!(memory_text, async { common::memory_as::<String>() });
 store_suite!(sqlite_text, common::sqlite_as::<String>());
 store_suite!(postgres_text, common::postgres_as::<String>());
+#[cfg(feature = "redis")]
+store_suite!(redis, common::redis());
+#[cfg(feature = "redis")]
+store_suite!(redis_i64, common::redis_as::<i64>());
+#[cfg(feature = "redis")]
+store_suite!(redis_text, common::redis_as::<String>());

@@ -72,6 +72,25 @@ pub async fn postgres_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(store)
 }
 
+/// A store on the Redis server shared by the test process, under a key prefix of its own.
+#[cfg(feature = "redis")]
+pub async fn redis_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    Arc::new(redis_store_on::<U>(&test_support::redis_server().url()).await)
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis() -> Arc<dyn SessionStore> {
+    redis_as::<Uuid>().await
+}
+
+/// A store on the Redis server at `url`, under a fresh key prefix.
+#[cfg(feature = "redis")]
+pub async fn redis_store_on<U: UserId>(url: &str) -> session_layer::RedisStore<U> {
+    session_layer::RedisStore::connect_with(url, &test_support::redis_prefix())
+        .await
+        .expect("connect Redis")
+}
+
 pub fn memory() -> Arc<dyn SessionStore> {
     Arc::new(MemoryStore::new())
 }
@@ -303,6 +322,12 @@ macro_rules! on_every_store {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn postgres() {
                         $scenario(common::postgres().await).await;
+                    }
+
+                    #[cfg(feature = "redis")]
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn redis() {
+                        $scenario(common::redis().await).await;
                     }
                 }
             )*
