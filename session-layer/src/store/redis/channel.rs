@@ -22,6 +22,11 @@ impl Channel {
         Self { client, conn, name }
     }
 
+    /// The same channel, heard through a connection to another URL.
+    pub(super) fn listening_at(self, client: redis::Client) -> Self {
+        Self { client, ..self }
+    }
+
     pub(super) fn name(&self) -> &str {
         &self.name
     }

@@ -208,6 +208,23 @@ impl<U: UserId> RedisStore<U> {
         }
     }
 
+    /// Subscribes to the invalidation channel through `url` instead of the store's own URL
+    /// (for example a proxy that carries pub/sub). Set it before the store is used.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when `url` is not a Redis URL.
+    pub fn with_listen_url(self, url: &str) -> Result<Self, StoreError> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::new("parse the listen URL", e))?;
+        let channel = self.feed.transport().clone().listening_at(client);
+        let lease = self.feed.lease();
+        Ok(Self {
+            feed: Feed::new(channel, lease),
+            ..self
+        })
+    }
+
     /// Sets how long a session's keys outlive its expiry (default 30 days). Keep it at least
     /// the manager's `revoked_retention`, or revoked sessions leave before cleanup would purge
     /// them.
