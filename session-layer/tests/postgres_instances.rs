@@ -17,17 +17,6 @@ async fn instance(url: &str) -> SessionManager {
     SessionManager::new(common::postgres_store(url).await, SessionConfig::default()).unwrap()
 }
 
-/// Validates on `manager` until the session is served from its cache (its feed is listening).
-async fn cached_on(manager: &SessionManager, token: &str) {
-    let cached = common::eventually(Duration::from_secs(10), async || {
-        assert!(manager.validate(token).await.unwrap().is_some());
-        manager.sync_cache().await;
-        manager.cached_sessions() == 1
-    })
-    .await;
-    assert!(cached, "the session never reached the cache");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
     let url = test_support::postgres_database();
@@ -39,7 +28,7 @@ async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
     ] {
         let (token, session) = a.create(NewSession::new(user)).await.unwrap();
         let token = token.expose();
-        cached_on(&b, &token).await;
+        common::cached_on(&b, &token).await;
         match reason {
             RevocationReason::RevokedByUser => a.revoke(user, session.id, reason).await.unwrap(),
             _ => assert_eq!(a.revoke_all(user, reason).await.unwrap(), 1),
@@ -62,7 +51,7 @@ async fn rotation_on_one_instance_kills_the_old_token_on_another() {
     let (a, b) = (instance(&url).await, instance(&url).await);
     let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
     let old = token.expose();
-    cached_on(&b, &old).await;
+    common::cached_on(&b, &old).await;
     let current = a.validate(&old).await.unwrap().unwrap();
     let (new, _) = a.rotate(&current).await.unwrap();
     let refused = common::eventually(Duration::from_secs(2), async || {
@@ -81,7 +70,7 @@ async fn lost_notification_connection_empties_the_cache() {
     let user = Uuid::now_v7();
     let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
     let token = token.expose();
-    cached_on(&manager, &token).await;
+    common::cached_on(&manager, &token).await;
 
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     // Revoke behind the library's back (no NOTIFY), then cut the listener: the notification
@@ -129,7 +118,7 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         .await
         .unwrap();
     let token = token.expose();
-    cached_on(&manager, &token).await;
+    common::cached_on(&manager, &token).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({

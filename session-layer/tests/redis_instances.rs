@@ -26,17 +26,6 @@ async fn pair(url: &str) -> (RedisStore, RedisStore) {
     (a, b)
 }
 
-/// Validates on `manager` until the session is served from its cache (its feed holds a lease).
-async fn cached_on(manager: &SessionManager, token: &str) {
-    let cached = common::eventually(Duration::from_secs(10), async || {
-        assert!(manager.validate(token).await.unwrap().is_some());
-        manager.sync_cache().await;
-        manager.cached_sessions() >= 1
-    })
-    .await;
-    assert!(cached, "the session never reached the cache");
-}
-
 fn command(url: &str) -> redis::Client {
     redis::Client::open(url).unwrap()
 }
@@ -52,7 +41,7 @@ async fn revocation_on_one_instance_is_refused_at_once_by_another_that_cached_it
     ] {
         let (token, session) = a.create(NewSession::new(user)).await.unwrap();
         let token = token.expose();
-        cached_on(&b, &token).await;
+        common::cached_on(&b, &token).await;
         match reason {
             RevocationReason::RevokedByUser => a.revoke(user, session.id, reason).await.unwrap(),
             _ => assert_eq!(a.revoke_all(user, reason).await.unwrap(), 1),
@@ -73,7 +62,7 @@ async fn rotation_on_one_instance_kills_the_old_token_on_another() {
     let (a, b) = (instance(a).await, instance(b).await);
     let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
     let old = token.expose();
-    cached_on(&b, &old).await;
+    common::cached_on(&b, &old).await;
     let current = a.validate(&old).await.unwrap().unwrap();
     let (new, _) = a.rotate(&current).await.unwrap();
     assert!(
@@ -94,7 +83,7 @@ async fn lost_pubsub_connection_empties_the_cache() {
     let user = Uuid::now_v7();
     let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
     let token = token.expose();
-    cached_on(&manager, &token).await;
+    common::cached_on(&manager, &token).await;
 
     let mut admin = command(&server.url())
         .get_multiplexed_async_connection()
@@ -163,8 +152,8 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
     let (kept, _) = a.create(NewSession::new(user)).await.unwrap();
     let (revoked, revoked_session) = a.create(NewSession::new(user)).await.unwrap();
     let (kept, revoked) = (kept.expose(), revoked.expose());
-    cached_on(&b, &kept).await;
-    cached_on(&b, &revoked).await;
+    common::cached_on(&b, &kept).await;
+    common::cached_on(&b, &revoked).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
@@ -238,7 +227,7 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
         assert_eq!(outcome(manager, &revoked).await, Outcome::Refused);
     }
     // And the feed is back: a revocation after the restart is refused by B when it returns.
-    cached_on(&b, &kept).await;
+    common::cached_on(&b, &kept).await;
     let current = a.validate(&kept).await.unwrap().unwrap();
     a.revoke(user, current.session_id(), RevocationReason::Logout)
         .await

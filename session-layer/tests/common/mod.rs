@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod cluster;
 pub mod relay;
 
 use std::sync::Arc;
@@ -298,6 +299,32 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Validates on `manager` until the session is served from its cache (its feed holds a lease).
+pub async fn cached_on(manager: &session_layer::SessionManager, token: &str) {
+    let cached = eventually(Duration::from_secs(10), async || {
+        assert!(manager.validate(token).await.unwrap().is_some());
+        manager.sync_cache().await;
+        manager.cached_sessions() >= 1
+    })
+    .await;
+    assert!(cached, "the session never reached the cache");
+}
+
+/// Hammers `token` on `manager` for `window`; counts successes.
+pub async fn served_after(
+    manager: &session_layer::SessionManager,
+    token: &str,
+    window: Duration,
+) -> usize {
+    let until = std::time::Instant::now() + window;
+    let mut served = 0;
+    while std::time::Instant::now() < until {
+        served += usize::from(manager.validate(token).await.unwrap().is_some());
+        tokio::task::yield_now().await;
+    }
+    served
 }
 
 /// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
