@@ -26,7 +26,9 @@
 #![warn(missing_docs)]
 
 mod redis;
-pub use redis::{REDIS_BIN_ENV, RedisServer, dedicated_redis, redis_prefix, redis_server};
+pub use redis::{
+    REDIS_BIN_ENV, RedisServer, dedicated_redis, isolated_redis, redis_prefix, redis_server,
+};
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

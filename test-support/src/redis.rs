@@ -45,6 +45,16 @@ pub fn redis_prefix() -> String {
     )
 }
 
+/// Starts a Redis server of its own, without persistence, for a test (or an app under test)
+/// that must not share keys or pub/sub channels with any other.
+///
+/// # Panics
+///
+/// When `redis-server` cannot be found or started.
+pub fn isolated_redis() -> RedisServer {
+    RedisServer::start_new(Durability::None)
+}
+
 /// Starts a Redis server of its own that a test may kill ([`RedisServer::stop`], `SIGKILL`) and
 /// start again on the same port. Every write is on disk before it is acknowledged
 /// (`appendfsync always`), so a restart keeps every write that a client saw succeed.
@@ -58,7 +68,7 @@ pub fn dedicated_redis() -> RedisServer {
 
 #[derive(Debug, Clone, Copy)]
 enum Durability {
-    /// Nothing on disk: the shared server is never restarted.
+    /// Nothing on disk: such a server is never restarted.
     None,
     /// Append-only file, fsynced on every write.
     EveryWrite,
