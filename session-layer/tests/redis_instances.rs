@@ -234,3 +234,38 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
         .unwrap();
     assert_eq!(outcome(&b, &kept).await, Outcome::Refused);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_under_other_prefixes_never_see_each_others_sessions() {
+    let url = test_support::redis_server().url();
+    let one = instance(common::redis_store_on::<Uuid>(&url).await).await;
+    let other = instance(common::redis_store_on::<Uuid>(&url).await).await;
+    let user = Uuid::now_v7();
+    let (token, _) = one.create(NewSession::new(user)).await.unwrap();
+    assert!(one.validate(&token.expose()).await.unwrap().is_some());
+    assert!(other.validate(&token.expose()).await.unwrap().is_none());
+    assert!(other.list(user).await.unwrap().is_empty());
+    assert_eq!(
+        other
+            .revoke_all(user, RevocationReason::Admin)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(one.validate(&token.expose()).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_that_could_reach_into_other_keys_is_refused() {
+    let url = test_support::redis_server().url();
+    let long = "p".repeat(65);
+    for prefix in ["", "app:s", "app*", "a b", long.as_str()] {
+        let refused = RedisStore::<Uuid>::connect_with(&url, prefix).await;
+        assert!(refused.is_err(), "{prefix:?} was accepted");
+    }
+    assert!(
+        RedisStore::<Uuid>::connect_with(&url, "my-app_2.sessions")
+            .await
+            .is_ok()
+    );
+}
