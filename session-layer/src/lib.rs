@@ -95,9 +95,9 @@
 //!   [`Clock`] is a seam for tests (`tokio::time::pause()`, or a manual clock).
 //! - Tokens that yielded no session (unknown, revoked, expired) are remembered apart from the
 //!   sessions, briefly, so repeating them costs no store query and a flood of them evicts no
-//!   session. With PostgreSQL, other instances drop it
-//!   when the notification arrives; while their notification connection is down they bypass
-//!   the cache, and they empty it when it is back.
+//!   session. With PostgreSQL or Redis, other instances drop a revoked token before the
+//!   revoking call returns (or once their lease has lapsed); while their notification connection
+//!   is down they bypass the cache, and they empty it when it is back.
 //! - `last_active_at` is written at most once per `touch_interval` per session, in batches, off
 //!   the request path; [`SessionManager::shutdown`] writes what is pending.
 //! - A store failure fails closed: the request is never treated as authenticated.

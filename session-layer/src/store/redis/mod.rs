@@ -61,8 +61,15 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     }
 });
 
-/// Sessions in Redis (6.2 or later, standalone or a primary with replicas; not Redis Cluster,
-/// whose scripts may only touch keys on one shard), shared by any number of instances.
+/// Sessions in Redis (tested with 7.0; standalone, or a primary with replicas; not Redis
+/// Cluster, whose scripts may only touch keys of one shard), shared by any number of instances.
+///
+/// # Durability
+///
+/// A revocation is as durable as the server makes its writes. For revocations that survive a
+/// crash of the server, run it with `appendonly yes` and `appendfsync always`: with the default
+/// `everysec`, a crash can lose about the last second of writes, revocations among them, and a
+/// failover to a replica can lose what it had not yet received.
 ///
 /// # Keys
 ///
