@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use session_layer::{
-    Error, NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager,
-};
+use session_layer::{NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
@@ -126,12 +124,7 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         async move {
             let mut outcomes = Vec::new();
             while !done.load(Ordering::SeqCst) {
-                outcomes.push(match manager.validate(&token).await {
-                    Ok(Some(_)) => "ok",
-                    Ok(None) => "refused",
-                    Err(Error::Store(_)) => "unavailable",
-                    Err(other) => panic!("unexpected {other}"),
-                });
+                outcomes.push(common::outcome(&manager, &token).await);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             outcomes
@@ -148,26 +141,12 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         .await
         .unwrap();
     let back = common::eventually(Duration::from_secs(15), async || {
-        matches!(manager.validate(&token).await, Ok(Some(_)))
+        common::outcome(&manager, &token).await == common::Outcome::Ok
     })
     .await;
     done.store(true, Ordering::SeqCst);
     let outcomes = load.await.unwrap();
     assert!(back, "the session did not come back after the database did");
 
-    // Once the outage was noticed, nothing was served from memory until the database was back.
-    let first_unavailable = outcomes
-        .iter()
-        .position(|o| *o == "unavailable")
-        .expect("the outage was never noticed");
-    let recovered = outcomes[first_unavailable..]
-        .iter()
-        .position(|o| *o == "ok")
-        .map(|i| i + first_unavailable);
-    let outage = &outcomes[first_unavailable..recovered.unwrap_or(outcomes.len())];
-    assert!(outage.iter().all(|o| *o == "unavailable"), "{outage:?}");
-    assert!(
-        !outcomes.contains(&"refused"),
-        "an outage must not look like a bad token"
-    );
+    common::assert_failed_closed(&outcomes);
 }

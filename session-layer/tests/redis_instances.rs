@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use session_layer::{
-    Error, NewSession, RedisStore, RevocationReason, SessionConfig, SessionManager,
-};
+use common::{Outcome, outcome};
+use session_layer::{NewSession, RedisStore, RevocationReason, SessionConfig, SessionManager};
 use uuid::Uuid;
 
 async fn instance(store: RedisStore) -> SessionManager {
@@ -123,22 +122,6 @@ async fn lost_pubsub_connection_empties_the_cache() {
     );
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    Refused,
-    Unavailable,
-}
-
-async fn outcome(manager: &SessionManager, token: &str) -> Outcome {
-    match manager.validate(token).await {
-        Ok(Some(_)) => Outcome::Ok,
-        Ok(None) => Outcome::Refused,
-        Err(Error::Store(_)) => Outcome::Unavailable,
-        Err(other) => panic!("unexpected {other}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation() {
     let server = Arc::new(test_support::dedicated_redis());
@@ -203,24 +186,7 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
     let outcomes = load.await.unwrap();
     assert!(back, "the session did not come back after the server did");
 
-    // Once the outage was noticed, nothing was served from memory until the server was back.
-    let first_unavailable = outcomes
-        .iter()
-        .position(|o| *o == Outcome::Unavailable)
-        .expect("the outage was never noticed");
-    let recovered = outcomes[first_unavailable..]
-        .iter()
-        .position(|o| *o == Outcome::Ok)
-        .map_or(outcomes.len(), |i| i + first_unavailable);
-    let outage = &outcomes[first_unavailable..recovered];
-    assert!(
-        outage.iter().all(|o| *o == Outcome::Unavailable),
-        "{outage:?}"
-    );
-    assert!(
-        !outcomes.contains(&Outcome::Refused),
-        "an outage must not look like a bad token"
-    );
+    common::assert_failed_closed(&outcomes);
 
     // The revocation made before the crash survived it, on both instances.
     for manager in [&a, &b] {

@@ -327,6 +327,46 @@ pub async fn served_after(
     served
 }
 
+/// What one validation during an outage test gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Unavailable,
+}
+
+pub async fn outcome(manager: &session_layer::SessionManager, token: &str) -> Outcome {
+    match manager.validate(token).await {
+        Ok(Some(_)) => Outcome::Ok,
+        Ok(None) => Outcome::Refused,
+        Err(session_layer::Error::Store(_)) => Outcome::Unavailable,
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+/// The outcomes of a valid token's validations through a store outage: once the outage was
+/// noticed, nothing was served from memory until the store was back, and the outage never
+/// looked like a bad token.
+pub fn assert_failed_closed(outcomes: &[Outcome]) {
+    let first_unavailable = outcomes
+        .iter()
+        .position(|o| *o == Outcome::Unavailable)
+        .expect("the outage was never noticed");
+    let recovered = outcomes[first_unavailable..]
+        .iter()
+        .position(|o| *o == Outcome::Ok)
+        .map_or(outcomes.len(), |i| i + first_unavailable);
+    let outage = &outcomes[first_unavailable..recovered];
+    assert!(
+        outage.iter().all(|o| *o == Outcome::Unavailable),
+        "{outage:?}"
+    );
+    assert!(
+        !outcomes.contains(&Outcome::Refused),
+        "an outage must not look like a bad token"
+    );
+}
+
 /// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
 /// module per scenario with one test per store.
 macro_rules! on_every_store {
