@@ -235,3 +235,90 @@ async fn a_prefix_that_could_reach_into_other_keys_is_refused() {
             .is_ok()
     );
 }
+
+/// A session's keys carry a TTL of its remaining lifetime plus the retention, and the user's
+/// index forgets a session whose keys expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_with_the_session_plus_retention_and_the_index_follows() {
+    use session_layer::SessionStore as _;
+    use session_layer::store::{Liveness, SessionInsert};
+
+    let url = test_support::redis_server().url();
+    let store = common::redis_store_on::<Uuid>(&url)
+        .await
+        .with_retention(Duration::from_millis(300));
+    let prefix = store.prefix().to_owned();
+    let mut admin = command(&url)
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let live = Liveness {
+        now,
+        idle_cutoff: now - time::Duration::days(1),
+    };
+    let user = Uuid::now_v7();
+    let insert = async |lifetime: time::Duration| {
+        let session = session_layer::Session {
+            id: Uuid::now_v7(),
+            user_id: user,
+            device: "Firefox on Linux".into(),
+            device_type: session_layer::DeviceType::Desktop,
+            device_name: None,
+            user_agent: None,
+            ip_address: None,
+            created_at: now,
+            last_active_at: now,
+            expires_at: now + lifetime,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let hash = session_layer::SessionToken::generate().unwrap().hash();
+        store
+            .insert(SessionInsert {
+                session: &session,
+                token_hash: &hash,
+                max_active: None,
+                live,
+                fence: None,
+                recent_activity: &[],
+            })
+            .await
+            .unwrap();
+        (session.id, hash)
+    };
+    let (week, week_hash) = insert(time::Duration::days(7)).await;
+    let (short, short_hash) = insert(time::Duration::milliseconds(200)).await;
+    let ttl = async |key: String| -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut admin.clone())
+            .await
+            .unwrap()
+    };
+    let week_ms = 7 * 24 * 3600 * 1000 + 300;
+    for key in [
+        format!("{prefix}:s:{week}"),
+        format!("{prefix}:t:{}", week_hash.to_hex()),
+        format!("{prefix}:u:u{}", user.simple()),
+    ] {
+        let left = ttl(key.clone()).await;
+        assert!(
+            (week_ms - 60_000..=week_ms).contains(&left),
+            "{key}: {left} ms"
+        );
+    }
+    assert!(ttl(format!("{prefix}:s:{short}")).await <= 500);
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(store.find_by_token(&short_hash).await.unwrap().is_none());
+    let listed = store.list_active(&user, live).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), [week]);
+    let indexed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}:u:u{}", user.simple()))
+        .arg(short.to_string())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(indexed, None, "the index still names an expired session");
+}
