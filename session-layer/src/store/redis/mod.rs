@@ -88,7 +88,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 /// or as digits, so no id can reach into another key. A session's keys carry a TTL of its
 /// remaining lifetime plus the retention ([`with_retention`](Self::with_retention), default
 /// 30 days, like `revoked_retention`): [`cleanup`](SessionStore::cleanup) deletes expired and
-/// long-revoked sessions on time, the TTL only bounds what a store that is never cleaned keeps.
+/// long-revoked sessions on time, the TTL only bounds the sessions that a store never cleaned
+/// keeps (its two cleanup indexes still gain one small entry per session until cleanup runs:
+/// run it, e.g. with `SessionManager::spawn_cleanup`).
 /// Revocation is a soft delete, as in the SQL stores: a revoked session keeps its keys, so a
 /// revoked or rotated-out token is still recognised as such until cleanup.
 ///
