@@ -3,6 +3,7 @@
 #   bash bench/run.sh          full run (a few minutes), then the criterion micro-benchmarks
 #   bash bench/run.sh smoke    every part for a fraction of a second (CI; asserts no speed)
 #   bash bench/run.sh revoke   only the revocation part at full size (several minutes)
+#   bash bench/run.sh redis    only the Redis part at full size (a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")"
 mode="${1:-all}"

@@ -7,11 +7,14 @@
 //! - `smoke`: the same, each part for a fraction of a second (CI). Asserts nothing about speed.
 //! - `revoke`: only the revocation part at full size, with the cache-hit variants it compares
 //!   (bare, lease off, lease on).
+//! - `redis`: only the Redis part: cache off against a raw `GET` floor, cache hit with the
+//!   lease on, and Redis at 10k and 1M sessions.
 //! - `serve VARIANT [URL]` and `memory N`: internal, run in child processes.
 
 mod counters;
 mod load;
 mod memory;
+mod redis_scale;
 mod revoke;
 mod scale;
 mod serve;
@@ -76,6 +79,17 @@ const VARIANTS: &[(&str, &str, Server)] = &[
         "raw sqlx lookup, PostgreSQL (floor)",
         Server::Harness,
     ),
+    (
+        "layer-hit-redis",
+        "SessionLayer, cache hit, Redis store (lease on)",
+        Server::Harness,
+    ),
+    (
+        "layer-redis",
+        "SessionLayer, cache off, Redis",
+        Server::Harness,
+    ),
+    ("floor-redis", "raw GET, Redis (floor)", Server::Harness),
     ("memory", "tower-sessions 0.14, MemoryStore", Server::Peer),
     (
         "moka-sqlite",
@@ -153,6 +167,16 @@ struct Settings {
 /// (MemoryStore, no feed) and on (PostgreSQL, same credential).
 const LEASE_VARIANTS: [&str; 3] = ["bare", "layer-bearer", "layer-hit-pg"];
 
+/// The variants of the Redis section: baseline, cache hit without and with a Redis feed, cache
+/// off, and its floor.
+const REDIS_VARIANTS: [&str; 5] = [
+    "bare",
+    "layer-bearer",
+    "layer-hit-redis",
+    "layer-redis",
+    "floor-redis",
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -183,10 +207,11 @@ fn main() {
         ["revoke", rest @ ..] => revoke_only(&all_settings(), peer_path(rest)),
         ["regimes", rest @ ..] => regimes(&all_settings(), &peer_path(rest)),
         ["regimes-smoke", rest @ ..] => regimes(&smoke_settings(), &peer_path(rest)),
+        ["redis", rest @ ..] => redis_only(&all_settings(), peer_path(rest)),
         ["all", rest @ ..] => report(&all_settings(), peer_path(rest)),
         ["smoke", rest @ ..] => report(&smoke_settings(), peer_path(rest)),
         _ => {
-            eprintln!("usage: session-bench all|smoke|revoke [--peer PATH]");
+            eprintln!("usage: session-bench all|smoke|revoke|redis [--peer PATH]");
             std::process::exit(2);
         }
     }
@@ -363,7 +388,9 @@ fn report(settings: &Settings, peer: PathBuf) {
             .unwrap_or_else(|| panic!("memory child printed no {key}"))
     };
 
+    let redis = redis_scale(&client, settings);
     print_report(settings, &samples, &stampede, &revocation, &scale, &value);
+    print_redis(settings, &samples, &redis);
     println!();
     regimes(settings, &peer);
 }
@@ -454,6 +481,108 @@ fn regimes(settings: &Settings, peer: &Path) {
     }
 }
 
+/// Only the Redis part: its variants under load, then Redis at scale.
+fn redis_only(settings: &Settings, peer: PathBuf) {
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let samples = load_rounds(&client, &REDIS_VARIANTS, settings, &peer);
+    let redis = redis_scale(&client, settings);
+    print_redis(settings, &samples, &redis);
+}
+
+fn redis_scale(client: &tokio::runtime::Runtime, settings: &Settings) -> Vec<redis_scale::Report> {
+    let url = test_support::redis_server().url();
+    settings
+        .scale_rows
+        .iter()
+        .map(|&rows| {
+            eprintln!("redis scale: {rows} sessions");
+            client.block_on(redis_scale::run(&url, rows, settings.scale_samples))
+        })
+        .collect()
+}
+
+fn print_redis(settings: &Settings, samples: &[Vec<Sample>], scale: &[redis_scale::Report]) {
+    let rps = |key: &str| median(samples[variant(key)].iter().map(|s| s.requests_per_sec));
+    let best = |key: &str| {
+        samples[variant(key)]
+            .iter()
+            .map(|s| s.requests_per_sec)
+            .fold(0.0, f64::max)
+    };
+    let load = settings.load;
+    println!(
+        "\n### Redis\n\n{} keep-alive connections, {:.1} s per measurement after {:.1} s \
+         warm-up, {} interleaved rounds, as above; Redis {} on loopback, no persistence (the \
+         test-support server). Each variant has a key prefix of its own.\n",
+        load.connections,
+        load.duration.as_secs_f64(),
+        load.warmup.as_secs_f64(),
+        settings.rounds,
+        redis_version(),
+    );
+    println!(
+        "| variant | req/s | p50 µs | p99 µs | server CPU µs/req | × bare | × raw GET floor | best req/s | best × bare | best × raw GET floor | req/s per round | non-2xx |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    for key in REDIS_VARIANTS {
+        let s = &samples[variant(key)];
+        let rounds: Vec<String> = s
+            .iter()
+            .map(|s| format!("{:.0}", s.requests_per_sec))
+            .collect();
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {} | {} |",
+            VARIANTS[variant(key)].1,
+            rps(key),
+            median(s.iter().map(|s| s.p50_us)),
+            median(s.iter().map(|s| s.p99_us)),
+            median(s.iter().map(|s| s.server_cpu_us)),
+            rps(key) / rps("bare"),
+            rps(key) / rps("floor-redis"),
+            best(key),
+            best(key) / best("bare"),
+            best(key) / best("floor-redis"),
+            rounds.join(" / "),
+            s.iter().map(|s| s.failures).sum::<u64>()
+        );
+    }
+    println!(
+        "\n#### Scale (Redis, cache off, sequential calls)\n\n| sessions | fill s (insert \
+         script, 256 in flight) | server memory per session B | validate p50 µs | validate p99 \
+         µs | list (50 of the user's) p50 µs | list p99 µs |\n\
+         |---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in scale {
+        let s = &r.scale;
+        println!(
+            "| {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            s.rows,
+            s.fill_secs,
+            r.bytes_per_session,
+            s.validate_p50_us,
+            s.validate_p99_us,
+            s.list_p50_us,
+            s.list_p99_us
+        );
+    }
+}
+
+fn redis_version() -> String {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|v| {
+            v.split_whitespace()
+                .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "(version unknown)".to_owned())
+}
+
 /// Only the revocation part, at the size of `settings`: the cache-hit variants it compares
 /// under load, then the revocation latencies.
 fn revoke_only(settings: &Settings, peer: PathBuf) {
@@ -507,7 +636,13 @@ fn load_rounds_in(
         .iter()
         .map(|&i| {
             let (key, _, server) = VARIANTS[i];
-            let url = key.ends_with("-pg").then(test_support::postgres_database);
+            let url = if key.ends_with("-pg") {
+                Some(test_support::postgres_database())
+            } else if key.ends_with("-redis") {
+                Some(test_support::redis_server().url())
+            } else {
+                None
+            };
             spawn(server, key, url.as_deref(), peer, regime)
         })
         .collect();

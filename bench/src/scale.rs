@@ -10,10 +10,10 @@ use session_layer::{PostgresStore, SessionConfig, SessionManager};
 use uuid::Uuid;
 
 /// The user who holds sessions 1..=50.
-const LISTED_USER: Uuid = Uuid::from_u128(0x0196c4b6_0f7e_7d43_9f3a_000000000050);
+pub const LISTED_USER: Uuid = Uuid::from_u128(0x0196c4b6_0f7e_7d43_9f3a_000000000050);
 
 /// Row `i`'s token is the 32-byte big-endian encoding of `i`; the SQL below stores its SHA-256.
-fn token(i: u64) -> String {
+pub fn token(i: u64) -> String {
     let mut bytes = [0u8; 32];
     bytes[24..].copy_from_slice(&i.to_be_bytes());
     URL_SAFE_NO_PAD.encode(bytes)
@@ -80,7 +80,17 @@ pub async fn run(pg_url: &str, rows: u64, samples: usize) -> Report {
             .expect(statement);
     }
     let fill_secs = filled.elapsed().as_secs_f64();
+    measure(store, rows, fill_secs, samples).await
+}
 
+/// Validation (cache off) and `list` latencies over a store that holds `rows` sessions, token
+/// `i` for row `i`, the first 50 of [`LISTED_USER`].
+pub async fn measure(
+    store: impl session_layer::SessionStore,
+    rows: u64,
+    fill_secs: f64,
+    samples: usize,
+) -> Report {
     // Cache disabled: every validation is a miss that reads the store.
     let config = SessionConfig::builder()
         .cache_ttl(Duration::ZERO)

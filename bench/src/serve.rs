@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::routing::get;
 use axum::{Extension, Router};
 use session_layer::{
-    CurrentSession, MemoryStore, NewSession, PostgresStore, SessionConfig, SessionLayer,
-    SessionManager, SessionStore, SqliteStore, TokenHash,
+    CurrentSession, MemoryStore, NewSession, PostgresStore, RedisStore, SessionConfig,
+    SessionLayer, SessionManager, SessionStore, SqliteStore, TokenHash,
 };
 use tower::util::MapRequestLayer;
 use uuid::Uuid;
@@ -36,6 +36,7 @@ pub fn run(variant: &str, url: Option<&str>) {
     exit_with_parent(sqlite_file.clone());
     let sqlite_url = format!("sqlite://{}", sqlite_file.display());
     let pg_url = || url.expect("this variant needs a PostgreSQL URL").to_owned();
+    let redis_url = || url.expect("this variant needs a Redis URL").to_owned();
     let runtime = server_runtime();
     runtime.block_on(async {
         let cached = SessionConfig::default();
@@ -71,6 +72,29 @@ pub fn run(variant: &str, url: Option<&str>) {
                 let pool = store.pool().clone();
                 let token = sign_in(store, uncached).await;
                 let app = Router::new().route("/", get(floor_pg)).with_state(pool);
+                serve(app, Some(bearer(&token))).await;
+            }
+            "layer-redis" => {
+                let store = redis_store(&redis_url(), variant).await;
+                layer(store, uncached, Credential::Bearer).await;
+            }
+            // The feed (a pub/sub connection plus a heartbeat every quarter lease) runs on this
+            // same thread.
+            "layer-hit-redis" => {
+                let store = redis_store(&redis_url(), variant).await;
+                layer(store, cached, Credential::Bearer).await;
+            }
+            "floor-redis" => {
+                let store = redis_store(&redis_url(), variant).await;
+                let token = sign_in(store, uncached).await;
+                let conn = redis::Client::open(redis_url())
+                    .expect("Redis URL")
+                    .get_connection_manager()
+                    .await
+                    .expect("connect to Redis");
+                let app = Router::new()
+                    .route("/", get(floor_redis))
+                    .with_state((conn, Arc::<str>::from(variant)));
                 serve(app, Some(bearer(&token))).await;
             }
             other => panic!("unknown variant {other}"),
@@ -200,6 +224,13 @@ async fn postgres(url: &str) -> PostgresStore {
     store
 }
 
+/// A store under a key prefix of the variant's own.
+async fn redis_store(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::connect_with(url, prefix)
+        .await
+        .expect("connect to Redis")
+}
+
 /// The token's hash, parsed as the layer does; the floor variants do this work too.
 fn presented_hash(headers: &HeaderMap) -> Option<TokenHash> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -218,6 +249,23 @@ async fn floor_pg(
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     row.map(|_| USER.to_string())
+        .ok_or(StatusCode::UNAUTHORIZED)
+}
+
+/// The Redis floor: one `GET` of the token's key (what the store's lookup script starts with;
+/// it then reads the session's hash in the same round trip), no layer.
+async fn floor_redis(
+    State((mut conn, prefix)): State<(redis::aio::ConnectionManager, Arc<str>)>,
+    headers: HeaderMap,
+) -> Result<String, StatusCode> {
+    let hash = presented_hash(&headers).ok_or(StatusCode::UNAUTHORIZED)?;
+    let found: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:t:{}", hash.to_hex()))
+        .query_async(&mut conn)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    found
+        .map(|_| USER.to_string())
         .ok_or(StatusCode::UNAUTHORIZED)
 }
 

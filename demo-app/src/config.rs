@@ -51,10 +51,13 @@ impl Database {
 /// Everything the app needs to start.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    /// `sqlite://…` or `postgres://…`.
+    /// `sqlite://…` or `postgres://…`: the accounts, and the sessions unless
+    /// `session_store_url` is set.
     pub database_url: String,
     /// Which of the two `database_url` is.
     pub database: Database,
+    /// `redis://…` (or `rediss://…`): where the sessions live instead of `database_url`.
+    pub session_store_url: Option<String>,
     /// Where `main` listens (the tests bind their own listener instead).
     pub bind_addr: SocketAddr,
     /// Session lifetimes, cache, limit, cookie and trusted proxies.
@@ -112,6 +115,16 @@ impl AppConfig {
                 "expected sqlite://… or postgres://…",
             )
         })?;
+        let session_store_url = get("SESSION_STORE_URL");
+        if let Some(url) = &session_store_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "SESSION_STORE_URL",
+                url,
+                "expected redis://… (or unset: sessions in DATABASE_URL)",
+            ));
+        }
         let bind = get("BIND_ADDR").unwrap_or_else(|| DEFAULT_BIND_ADDR.to_owned());
         let bind_addr = bind.parse().map_err(|_| {
             invalid(
@@ -164,6 +177,7 @@ impl AppConfig {
         Ok(Self {
             database_url,
             database,
+            session_store_url,
             bind_addr,
             session,
             cleanup_period: DEFAULT_CLEANUP_PERIOD,
@@ -224,6 +238,7 @@ mod tests {
         assert_eq!(c.session.cookie().name(), "session");
         assert!(!c.session.cookie().is_secure());
         assert!(c.session.trusted_proxies().is_empty());
+        assert_eq!(c.session_store_url, None);
     }
 
     #[test]
@@ -233,8 +248,13 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8, ::1/128,192.168.1.1"),
             ("SESSION_TTL_SECS", "3"),
             ("SESSION_IDLE_TIMEOUT_SECS", "2"),
+            ("SESSION_STORE_URL", "redis://127.0.0.1:6379/0"),
         ])
         .unwrap();
+        assert_eq!(
+            c.session_store_url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
         assert_eq!(c.session.cookie().name(), "__Host-session");
         assert_eq!(c.session.trusted_proxies().len(), 3);
         assert_eq!(c.session.ttl(), Duration::from_secs(3));
@@ -249,6 +269,7 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("BIND_ADDR", "localhost"),
             ("DATABASE_URL", "mysql://x"),
+            ("SESSION_STORE_URL", "postgres://sessions"),
         ] {
             let err = config(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

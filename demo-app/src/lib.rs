@@ -1,6 +1,7 @@
 //! The session-layer demo: an Axum app that serves the HTTP contract in `demo-app/API.md`.
 //!
-//! [`build_app`] connects the database (SQLite or PostgreSQL), runs the migrations of the library
+//! [`build_app`] connects the database (SQLite or PostgreSQL; with `SESSION_STORE_URL`, sessions
+//! go to Redis), runs the migrations of the library
 //! and of the app, and returns the [`Router`] plus an [`AppHandle`] for shutdown; [`serve`]
 //! (or [`serve_with`]) serves it (request-head timeout, stalled writes, connection limits,
 //! bounded graceful shutdown). The router bounds request bodies and request time itself. `main.rs` binds it to
@@ -42,7 +43,9 @@ use axum::middleware::{self, Next};
 use axum::response::IntoResponse as _;
 use axum::routing::{delete, get, post};
 use session_layer::store::Tables;
-use session_layer::{CrossSiteGuard, PostgresStore, SessionLayer, SessionManager, SqliteStore};
+use session_layer::{
+    CrossSiteGuard, PostgresStore, RedisStore, SessionLayer, SessionManager, SqliteStore,
+};
 use tokio::task::JoinHandle;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -111,7 +114,8 @@ impl AppHandle {
     }
 }
 
-/// Connects the database named by `config.database_url`, runs the migrations of the session
+/// Connects the database named by `config.database_url` (and the Redis server of
+/// `config.session_store_url` when set, for the sessions), runs the migrations of the session
 /// library and of the app, starts the session cleanup task, and returns the router.
 ///
 /// Serve it with [`serve`] (or axum's `into_make_service_with_connect_info::<SocketAddr>()`) so
@@ -124,7 +128,15 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
     // Sessions sit beside the accounts, in their own schema (PostgreSQL) or under their own
     // prefix (SQLite), with a foreign key to `users`: deleting a user deletes their sessions.
     // The accounts are migrated first, so the key has a table to point at.
-    let (db, sessions) = if config.database == Database::Sqlite {
+    let sqlite = config.database == Database::Sqlite;
+    let (db, sessions) = if let Some(url) = &config.session_store_url {
+        // Sessions in Redis, accounts in the database. No foreign key can reach from one to
+        // the other; the demo never deletes a user (an app that does calls `revoke_all` first).
+        let db = accounts_only(&config.database_url, sqlite).await?;
+        db.migrate().await?;
+        let store = RedisStore::connect(url).await?;
+        (db, SessionManager::new(store, config.session.clone())?)
+    } else if sqlite {
         let tables = Tables::new().prefix("auth_").references("users", "id");
         let store = SqliteStore::connect_with(&config.database_url, tables).await?;
         let db = Db::Sqlite(store.pool().clone());
@@ -163,6 +175,16 @@ pub async fn build_app(config: AppConfig) -> Result<(Router, AppHandle), StartEr
             resets: reset_worker,
         },
     ))
+}
+
+/// The accounts' database without the session tables: the stores' own connection settings
+/// (SQLite WAL and busy timeout, pool sizes), their tables never created.
+async fn accounts_only(url: &str, sqlite: bool) -> Result<Db, StartError> {
+    Ok(if sqlite {
+        Db::Sqlite(SqliteStore::connect(url).await?.pool().clone())
+    } else {
+        Db::Postgres(PostgresStore::connect(url).await?.pool().clone())
+    })
 }
 
 /// Largest request body (every body of the API is a small JSON object); a larger one is refused

@@ -1,5 +1,6 @@
 //! `cargo run -p demo-app`: serves the demo on `BIND_ADDR` (default 127.0.0.1:3000) with the
-//! database of `DATABASE_URL` (default: an SQLite file in the working directory).
+//! database of `DATABASE_URL` (default: an SQLite file in the working directory), and the
+//! sessions in the Redis of `SESSION_STORE_URL` when it is set.
 
 use std::process::ExitCode;
 

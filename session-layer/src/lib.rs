@@ -66,7 +66,8 @@
 //!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
 //!   when absent, 503 when the store was unreachable).
 //! - [Stores](store) behind [`SessionStore`]: `PostgresStore` (feature `postgres`, with strict
-//!   cross-instance revocation over `LISTEN/NOTIFY`), `SqliteStore` (feature `sqlite`),
+//!   cross-instance revocation over `LISTEN/NOTIFY`), `RedisStore` (feature `redis`, the same
+//!   over pub/sub), `SqliteStore` (feature `sqlite`),
 //!   [`MemoryStore`].
 //! - The application's own user ids: [`Uuid`](uuid::Uuid) by default, `i64`, `String`, or a
 //!   newtype of one of them ([`UserId`]); `SessionManager<i64>`, `CurrentSession<i64>` and so
@@ -94,9 +95,9 @@
 //!   [`Clock`] is a seam for tests (`tokio::time::pause()`, or a manual clock).
 //! - Tokens that yielded no session (unknown, revoked, expired) are remembered apart from the
 //!   sessions, briefly, so repeating them costs no store query and a flood of them evicts no
-//!   session. With PostgreSQL, other instances drop it
-//!   when the notification arrives; while their notification connection is down they bypass
-//!   the cache, and they empty it when it is back.
+//!   session. With PostgreSQL or Redis, other instances drop a revoked token before the
+//!   revoking call returns (or once their lease has lapsed); while their notification connection
+//!   is down they bypass the cache, and they empty it when it is back.
 //! - `last_active_at` is written at most once per `touch_interval` per session, in batches, off
 //!   the request path; [`SessionManager::shutdown`] writes what is pending.
 //! - A store failure fails closed: the request is never treated as authenticated.
@@ -140,6 +141,9 @@ pub use session::{RevocationReason, Session, UnknownReason};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;

@@ -7,25 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use session_layer::{
-    Error, NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager,
-};
+use session_layer::{NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 async fn instance(url: &str) -> SessionManager {
     SessionManager::new(common::postgres_store(url).await, SessionConfig::default()).unwrap()
-}
-
-/// Validates on `manager` until the session is served from its cache (its feed is listening).
-async fn cached_on(manager: &SessionManager, token: &str) {
-    let cached = common::eventually(Duration::from_secs(10), async || {
-        assert!(manager.validate(token).await.unwrap().is_some());
-        manager.sync_cache().await;
-        manager.cached_sessions() == 1
-    })
-    .await;
-    assert!(cached, "the session never reached the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +26,7 @@ async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
     ] {
         let (token, session) = a.create(NewSession::new(user)).await.unwrap();
         let token = token.expose();
-        cached_on(&b, &token).await;
+        common::cached_on(&b, &token).await;
         match reason {
             RevocationReason::RevokedByUser => a.revoke(user, session.id, reason).await.unwrap(),
             _ => assert_eq!(a.revoke_all(user, reason).await.unwrap(), 1),
@@ -62,7 +49,7 @@ async fn rotation_on_one_instance_kills_the_old_token_on_another() {
     let (a, b) = (instance(&url).await, instance(&url).await);
     let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
     let old = token.expose();
-    cached_on(&b, &old).await;
+    common::cached_on(&b, &old).await;
     let current = a.validate(&old).await.unwrap().unwrap();
     let (new, _) = a.rotate(&current).await.unwrap();
     let refused = common::eventually(Duration::from_secs(2), async || {
@@ -81,7 +68,7 @@ async fn lost_notification_connection_empties_the_cache() {
     let user = Uuid::now_v7();
     let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
     let token = token.expose();
-    cached_on(&manager, &token).await;
+    common::cached_on(&manager, &token).await;
 
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     // Revoke behind the library's back (no NOTIFY), then cut the listener: the notification
@@ -129,7 +116,7 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         .await
         .unwrap();
     let token = token.expose();
-    cached_on(&manager, &token).await;
+    common::cached_on(&manager, &token).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn({
@@ -137,12 +124,7 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         async move {
             let mut outcomes = Vec::new();
             while !done.load(Ordering::SeqCst) {
-                outcomes.push(match manager.validate(&token).await {
-                    Ok(Some(_)) => "ok",
-                    Ok(None) => "refused",
-                    Err(Error::Store(_)) => "unavailable",
-                    Err(other) => panic!("unexpected {other}"),
-                });
+                outcomes.push(common::outcome(&manager, &token).await);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             outcomes
@@ -159,26 +141,12 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
         .await
         .unwrap();
     let back = common::eventually(Duration::from_secs(15), async || {
-        matches!(manager.validate(&token).await, Ok(Some(_)))
+        common::outcome(&manager, &token).await == common::Outcome::Ok
     })
     .await;
     done.store(true, Ordering::SeqCst);
     let outcomes = load.await.unwrap();
     assert!(back, "the session did not come back after the database did");
 
-    // Once the outage was noticed, nothing was served from memory until the database was back.
-    let first_unavailable = outcomes
-        .iter()
-        .position(|o| *o == "unavailable")
-        .expect("the outage was never noticed");
-    let recovered = outcomes[first_unavailable..]
-        .iter()
-        .position(|o| *o == "ok")
-        .map(|i| i + first_unavailable);
-    let outage = &outcomes[first_unavailable..recovered.unwrap_or(outcomes.len())];
-    assert!(outage.iter().all(|o| *o == "unavailable"), "{outage:?}");
-    assert!(
-        !outcomes.contains(&"refused"),
-        "an outage must not look like a bad token"
-    );
+    common::assert_failed_closed(&outcomes);
 }

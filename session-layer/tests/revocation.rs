@@ -52,14 +52,23 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
             })
         })
         .collect();
-    // Let every worker thread serve the token from memory for a while first.
+    // Let the workers use the token for a while first: at least 100 uses, however loaded the
+    // machine (a fixed 100 ms was too short for PostgreSQL when other tests share the cores).
     tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(Duration::from_secs(10), async || {
+        counts[0].load(Ordering::SeqCst) > 100
+    })
+    .await;
     manager
         .revoke(user, session.id, RevocationReason::RevokedByUser)
         .await
         .unwrap();
     revoked.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(Duration::from_secs(10), async || {
+        counts[1].load(Ordering::SeqCst) > 100
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     for worker in workers {
         worker.await.unwrap();

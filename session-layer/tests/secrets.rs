@@ -124,3 +124,68 @@ async fn no_token_in_postgres_rows_or_logs() {
         .unwrap();
     assert_rows_free_of(rows.iter().map(|row| row.get("dump")).collect(), &secrets);
 }
+
+/// Every key under `prefix` with its value, one entry per key.
+#[cfg(feature = "redis")]
+async fn redis_dump(url: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let command = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .clone(),
+            other => panic!("unexpected key type {other}"),
+        };
+        let value: redis::Value = command.query_async(&mut conn).await.unwrap();
+        dump.push((key, format!("{value:?}")));
+    }
+    dump
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_in_redis_keys_values_or_logs() {
+    common::logs::captured();
+    let url = test_support::redis_server().url();
+    let store = common::redis_store_on::<uuid::Uuid>(&url).await;
+    let prefix = store.prefix().to_owned();
+    let secrets = lifecycle(Arc::new(store)).await;
+    let dump = redis_dump(&url, &prefix).await;
+    let sessions = dump
+        .iter()
+        .filter(|(key, _)| key.starts_with(&format!("{prefix}:s:")))
+        .map(|(key, value)| format!("{key} {value}"))
+        .collect();
+    assert_rows_free_of(sessions, &secrets);
+    // The token keys, indexes and fences too.
+    assert!(dump.len() > 3, "{dump:?}");
+    for (key, value) in &dump {
+        let entry = format!("{key} {value}").to_lowercase();
+        for secret in &secrets {
+            assert!(
+                !entry.contains(&secret.to_lowercase()),
+                "a Redis key or value contains a token"
+            );
+        }
+    }
+}

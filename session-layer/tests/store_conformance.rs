@@ -1,4 +1,5 @@
-//! One suite, every store: the SQL stores must behave exactly like the in-memory reference.
+//! One suite, every store: the SQL and Redis stores must behave exactly like the in-memory
+//! reference.
 
 mod common;
 
@@ -565,3 +566,9 @@ store_suite!(postgres_text, common::postgres_as::<String>());
 store_suite!(postgres_rls, common::postgres_rls_as::<Uuid>());
 store_suite!(postgres_rls_i64, common::postgres_rls_as::<i64>());
 store_suite!(postgres_rls_text, common::postgres_rls_as::<String>());
+#[cfg(feature = "redis")]
+store_suite!(redis, common::redis());
+#[cfg(feature = "redis")]
+store_suite!(redis_i64, common::redis_as::<i64>());
+#[cfg(feature = "redis")]
+store_suite!(redis_text, common::redis_as::<String>());

@@ -5,6 +5,9 @@
 //!   exits, even if it panics or is killed).
 //! - [`dedicated_postgres`] starts a separate server that a test may stop and start to simulate
 //!   a database outage without disturbing other tests.
+//! - [`redis_server`] is a real `redis-server` shared by the whole test process (tests keep
+//!   apart by key prefix, [`redis_prefix`]); [`dedicated_redis`] starts one that a test may kill
+//!   and restart.
 //! - [`sqlite_database`] returns the URL of a fresh SQLite database file in a temporary directory.
 //!
 //! # Where PostgreSQL comes from
@@ -21,6 +24,11 @@
 //! silently skips.
 
 #![warn(missing_docs)]
+
+mod redis;
+pub use redis::{
+    REDIS_BIN_ENV, RedisServer, dedicated_redis, isolated_redis, redis_prefix, redis_server,
+};
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

@@ -1,7 +1,8 @@
 //! End-to-end harness: the demo app on a real TCP listener, "devices" that talk to it over real
 //! HTTP, captured logs, and a tiny WebDriver client for the browser test.
 //!
-//! Every scenario runs against SQLite and PostgreSQL through [`Backend`].
+//! Every scenario runs against SQLite, PostgreSQL, and sessions in Redis (accounts in SQLite)
+//! through [`Backend`].
 
 #![warn(missing_docs)]
 
@@ -25,13 +26,16 @@ pub enum Backend {
     Sqlite,
     /// A fresh database on the test process's PostgreSQL server.
     Postgres,
+    /// Accounts in a fresh SQLite file, sessions in a Redis server of the app's own
+    /// (`SESSION_STORE_URL`).
+    RedisSessions,
 }
 
 impl Backend {
     /// A fresh, empty database of this kind.
     pub fn fresh_database(self) -> String {
         match self {
-            Self::Sqlite => test_support::sqlite_database("demo"),
+            Self::Sqlite | Self::RedisSessions => test_support::sqlite_database("demo"),
             Self::Postgres => test_support::postgres_database(),
         }
     }
@@ -43,6 +47,8 @@ pub struct TestApp {
     pub base: String,
     /// The database it uses (shared by a second instance in multi-instance tests).
     pub database_url: String,
+    /// The Redis server its sessions live on, for [`Backend::RedisSessions`].
+    pub redis: Option<Arc<test_support::RedisServer>>,
     handle: Option<AppHandle>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -52,17 +58,35 @@ impl TestApp {
     /// Starts the app on a fresh database of `backend`, with these environment variables (as
     /// `main` would read them) on top of the defaults.
     pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
-        Self::start_on(backend.fresh_database(), env).await
+        let redis =
+            (backend == Backend::RedisSessions).then(|| Arc::new(test_support::isolated_redis()));
+        Self::start_with(backend.fresh_database(), redis, env).await
+    }
+
+    /// Another instance of the same deployment: the same database and session store.
+    pub async fn another_instance(&self, env: &[(&str, &str)]) -> Self {
+        Self::start_with(self.database_url.clone(), self.redis.clone(), env).await
     }
 
     /// Starts the app on `database_url`.
     pub async fn start_on(database_url: String, env: &[(&str, &str)]) -> Self {
+        Self::start_with(database_url, None, env).await
+    }
+
+    async fn start_with(
+        database_url: String,
+        redis: Option<Arc<test_support::RedisServer>>,
+        env: &[(&str, &str)],
+    ) -> Self {
         init_log_capture();
         let mut vars: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         vars.insert("DATABASE_URL".into(), database_url.clone());
+        if let Some(redis) = &redis {
+            vars.insert("SESSION_STORE_URL".into(), redis.url());
+        }
         let config = AppConfig::from_lookup(|name| vars.get(name).cloned())
             .unwrap_or_else(|e| panic!("test configuration rejected: {e}"));
         let (router, handle) = build_app(config)
@@ -83,6 +107,7 @@ impl TestApp {
         Self {
             base: format!("http://{addr}"),
             database_url,
+            redis,
             handle: Some(handle),
             stop: Some(stop),
             server: Some(server),
@@ -420,8 +445,8 @@ pub async fn reset_token_from_logs(email: &str) -> String {
     .await
 }
 
-/// Runs each scenario (an `async fn(Backend)`) against both databases, as a `sqlite` and a
-/// `postgres` module of tests, like tower-sessions' `route_tests!`.
+/// Runs each scenario (an `async fn(Backend)`) against every backend, as a `sqlite`, a
+/// `postgres` and a `redis_sessions` module of tests, like tower-sessions' `route_tests!`.
 #[macro_export]
 macro_rules! route_tests {
     ($($name:ident),* $(,)?) => {
@@ -438,6 +463,14 @@ macro_rules! route_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod redis_sessions {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::RedisSessions).await;
                 }
             )*
         }

@@ -1108,12 +1108,20 @@ async fn logs_never_contain_tokens_or_passwords(backend: Backend) {
 /// cache of the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_revocation_on_one_instance_reaches_the_other_instances_cache() {
-    let one = TestApp::start(Backend::Postgres, &[("SESSION_CACHE_TTL_SECS", "300")]).await;
-    let two = TestApp::start_on(
-        one.database_url.clone(),
-        &[("SESSION_CACHE_TTL_SECS", "300")],
-    )
-    .await;
+    revocation_on_one_instance_reaches_the_other_instances_cache(Backend::Postgres).await;
+}
+
+/// The same with the sessions of both instances in one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_revocation_on_one_instance_reaches_the_other_instances_cache() {
+    revocation_on_one_instance_reaches_the_other_instances_cache(Backend::RedisSessions).await;
+}
+
+async fn revocation_on_one_instance_reaches_the_other_instances_cache(backend: Backend) {
+    let one = TestApp::start(backend, &[("SESSION_CACHE_TTL_SECS", "300")]).await;
+    let two = one
+        .another_instance(&[("SESSION_CACHE_TTL_SECS", "300")])
+        .await;
     let email = unique_email("instances");
     let laptop = one.device(CHROME_WINDOWS);
     laptop.register(&email, PASSWORD).await;

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Fence, FoundSession, Inserted, Liveness, SessionInsert, SessionStore, TokenMatch};
+use super::{
+    Fence, FoundSession, Inserted, Liveness, SessionInsert, SessionStore, TokenMatch, by_recency,
+};
 use crate::error::StoreError;
 use crate::session::{RevocationReason, Session};
 use crate::token::TokenHash;
@@ -79,11 +81,6 @@ impl<U> MemoryStore<U> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-/// Most recently active first; on a tie the newer session first.
-fn by_recency<U>(a: &Session<U>, b: &Session<U>) -> std::cmp::Ordering {
-    (b.last_active_at, b.created_at, b.id).cmp(&(a.last_active_at, a.created_at, a.id))
 }
 
 #[async_trait]

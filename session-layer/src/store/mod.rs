@@ -1,5 +1,5 @@
-//! Where sessions live: the [`SessionStore`] trait and its PostgreSQL, SQLite and in-memory
-//! implementations.
+//! Where sessions live: the [`SessionStore`] trait and its PostgreSQL, SQLite, Redis and
+//! in-memory implementations.
 //!
 //! Every statement a user can reach filters by `user_id` in the store itself, so a session id from
 //! another account matches nothing. Revocation is a soft delete: the row keeps `revoked_at` and
@@ -25,11 +25,19 @@ pub use memory::MemoryStore;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use tables::Tables;
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod feed;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresStore;
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
 
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -178,8 +186,9 @@ impl Ack {
     }
 }
 
-/// Stores session rows of users identified by `U` (see [`UserId`]). Implemented by `PostgresStore` (feature `postgres`), `SqliteStore`
-/// (feature `sqlite`) and [`MemoryStore`].
+/// Stores session rows of users identified by `U` (see [`UserId`]). Implemented by
+/// `PostgresStore` (feature `postgres`), `SqliteStore` (feature `sqlite`), `RedisStore`
+/// (feature `redis`) and [`MemoryStore`].
 ///
 /// Implementations must make [`insert`](Self::insert) with a session limit and
 /// [`rotate`](Self::rotate) atomic: two concurrent rotations of one token have exactly one winner.
@@ -254,6 +263,12 @@ pub trait SessionStore<U: UserId = Uuid>: Send + Sync + 'static {
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Invalidation>> {
         None
     }
+}
+
+/// The order of [`SessionStore::list_active`]: most recently active first; on a tie the newer
+/// session first.
+pub(crate) fn by_recency<U>(a: &Session<U>, b: &Session<U>) -> std::cmp::Ordering {
+    (b.last_active_at, b.created_at, b.id).cmp(&(a.last_active_at, a.created_at, a.id))
 }
 
 /// Longest device name kept, in bytes.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
+pub mod cluster;
 pub mod logs;
 pub mod relay;
 
@@ -71,6 +72,25 @@ pub async fn postgres_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     .expect("connect PostgreSQL");
     store.migrate().await.expect("migrate PostgreSQL");
     Arc::new(store)
+}
+
+/// A store on the Redis server shared by the test process, under a key prefix of its own.
+#[cfg(feature = "redis")]
+pub async fn redis_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
+    Arc::new(redis_store_on::<U>(&test_support::redis_server().url()).await)
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis() -> Arc<dyn SessionStore> {
+    redis_as::<Uuid>().await
+}
+
+/// A store on the Redis server at `url`, under a fresh key prefix.
+#[cfg(feature = "redis")]
+pub async fn redis_store_on<U: UserId>(url: &str) -> session_layer::RedisStore<U> {
+    session_layer::RedisStore::connect_with(url, &test_support::redis_prefix())
+        .await
+        .expect("connect Redis")
 }
 
 pub fn memory() -> Arc<dyn SessionStore> {
@@ -282,6 +302,72 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
     }
 }
 
+/// Validates on `manager` until the session is served from its cache (its feed holds a lease).
+pub async fn cached_on(manager: &session_layer::SessionManager, token: &str) {
+    let cached = eventually(Duration::from_secs(10), async || {
+        assert!(manager.validate(token).await.unwrap().is_some());
+        manager.sync_cache().await;
+        manager.cached_sessions() >= 1
+    })
+    .await;
+    assert!(cached, "the session never reached the cache");
+}
+
+/// Hammers `token` on `manager` for `window`; counts successes.
+pub async fn served_after(
+    manager: &session_layer::SessionManager,
+    token: &str,
+    window: Duration,
+) -> usize {
+    let until = std::time::Instant::now() + window;
+    let mut served = 0;
+    while std::time::Instant::now() < until {
+        served += usize::from(manager.validate(token).await.unwrap().is_some());
+        tokio::task::yield_now().await;
+    }
+    served
+}
+
+/// What one validation during an outage test gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Unavailable,
+}
+
+pub async fn outcome(manager: &session_layer::SessionManager, token: &str) -> Outcome {
+    match manager.validate(token).await {
+        Ok(Some(_)) => Outcome::Ok,
+        Ok(None) => Outcome::Refused,
+        Err(session_layer::Error::Store(_)) => Outcome::Unavailable,
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+/// The outcomes of a valid token's validations through a store outage: once the outage was
+/// noticed, nothing was served from memory until the store was back, and the outage never
+/// looked like a bad token.
+pub fn assert_failed_closed(outcomes: &[Outcome]) {
+    let first_unavailable = outcomes
+        .iter()
+        .position(|o| *o == Outcome::Unavailable)
+        .expect("the outage was never noticed");
+    let recovered = outcomes[first_unavailable..]
+        .iter()
+        .position(|o| *o == Outcome::Ok)
+        .map_or(outcomes.len(), |i| i + first_unavailable);
+    let outage = &outcomes[first_unavailable..recovered];
+    assert!(
+        outage.iter().all(|o| *o == Outcome::Unavailable),
+        "{outage:?}"
+    );
+    assert!(
+        !outcomes.contains(&Outcome::Refused),
+        "an outage must not look like a bad token"
+    );
+}
+
 /// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
 /// module per scenario with one test per store.
 macro_rules! on_every_store {
@@ -304,6 +390,12 @@ macro_rules! on_every_store {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn postgres() {
                         $scenario(common::postgres().await).await;
+                    }
+
+                    #[cfg(feature = "redis")]
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn redis() {
+                        $scenario(common::redis().await).await;
                     }
                 }
             )*

@@ -1,4 +1,4 @@
-//! A TCP relay to the test PostgreSQL server that can hold bytes without closing anything (a
+//! A TCP relay to a test server (PostgreSQL or Redis) that can hold bytes without closing anything (a
 //! partition nobody notices), drop every current connection (a crash), or delay one way.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 /// TCP relay: freeze (hold bytes), kill current connections (generation), add one-way latency.
 pub struct Relay {
     pub port: u16,
+    target: u16,
     pub frozen: watch::Sender<bool>,
     pub generation: watch::Sender<u64>,
     pub delay_ms: Arc<AtomicU64>,
@@ -61,16 +62,16 @@ impl Relay {
         });
         Self {
             port,
+            target: target_port,
             frozen,
             generation,
             delay_ms,
             accepted,
         }
     }
-    /// `url` (of the shared test server) through this relay.
+    /// `url` (of the relayed server) through this relay.
     pub fn url(&self, url: &str) -> String {
-        let target = test_support::postgres_server().port();
-        url.replace(&format!(":{target}/"), &format!(":{}/", self.port))
+        url.replace(&format!(":{}/", self.target), &format!(":{}/", self.port))
     }
 
     /// Drops every connection it carries now (new ones pass).

@@ -1,7 +1,7 @@
 //! PostgreSQL store, with `LISTEN/NOTIFY` so that every instance sharing the database drops a
-//! revoked session from its cache before the revoking call returns (see [`feed`]).
+//! revoked session from its cache before the revoking call returns (see the `feed` module).
 
-mod feed;
+mod notify;
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use self::feed::{Feed, FeedOptions};
+use self::notify::{Notify, publish};
+use super::feed::{DEFAULT_LEASE, Feed};
 use super::tables::{Names, Tables};
 use super::{
     Fence, FoundSession, Inserted, Invalidation, Liveness, SessionInsert, SessionStore, TokenMatch,
@@ -201,7 +202,7 @@ fn user_from_row<U: UserId>(row: &PgRow) -> Result<U, sqlx::Error> {
 /// [`Tables`](super::Tables).
 pub struct PostgresStore<U = Uuid> {
     pool: PgPool,
-    feed: Arc<Feed>,
+    feed: Arc<Feed<Notify>>,
     names: Arc<Names>,
     sql: Arc<Sql>,
     user: PhantomData<fn() -> U>,
@@ -252,9 +253,9 @@ impl PostgresStore {
 
 impl<U: UserId> PostgresStore<U> {
     fn from_names(pool: PgPool, names: Names) -> Self {
-        let options = FeedOptions::new(Arc::clone(&names.channel));
+        let notify = Notify::new(pool.clone(), Arc::clone(&names.channel));
         Self {
-            feed: Feed::new(pool.clone(), options),
+            feed: Feed::new(notify, DEFAULT_LEASE),
             sql: Arc::new(Sql::new(&names)),
             names: Arc::new(names),
             pool,
@@ -262,9 +263,9 @@ impl<U: UserId> PostgresStore<U> {
         }
     }
 
-    fn with_feed(self, options: FeedOptions) -> Self {
+    fn with_feed(self, notify: Notify, lease: Duration) -> Self {
         Self {
-            feed: Feed::new(self.pool.clone(), options),
+            feed: Feed::new(notify, lease),
             ..self
         }
     }
@@ -295,19 +296,12 @@ impl<U: UserId> PostgresStore<U> {
         Ok(Self::from_names(pool, names))
     }
 
-    fn feed_options(&self) -> FeedOptions {
-        self.feed.options().clone()
-    }
-
     /// Sets the invalidation lease (default 1 s; at least 10 ms). Set it before the store is
     /// used, on every instance alike.
     #[must_use]
     pub fn with_lease(self, lease: Duration) -> Self {
-        let options = FeedOptions {
-            lease: lease.max(Duration::from_millis(10)),
-            ..self.feed_options()
-        };
-        self.with_feed(options)
+        let notify = self.feed.transport().clone();
+        self.with_feed(notify, lease)
     }
 
     /// Connects the notification listener to `url` instead of through the pool: a direct,
@@ -318,11 +312,9 @@ impl<U: UserId> PostgresStore<U> {
     ///
     /// [`StoreError`] when `url` is not a PostgreSQL URL.
     pub fn with_listen_url(self, url: &str) -> Result<Self, StoreError> {
-        let options = FeedOptions {
-            listen: Some(feed::listen_options(url)?),
-            ..self.feed_options()
-        };
-        Ok(self.with_feed(options))
+        let notify = self.feed.transport().clone().listening_at(url)?;
+        let lease = self.feed.lease();
+        Ok(self.with_feed(notify, lease))
     }
 
     /// The underlying pool, to share with the application.
@@ -605,7 +597,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
                 hashes_from_rows(&rows, OP)?
             }
         };
-        let ticket = self.feed.publish(&mut tx, &evicted, OP).await?;
+        let ticket = publish(&self.feed, &mut tx, &evicted, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         self.feed.settle(ticket).await;
         Ok(Inserted::Created { evicted })
@@ -673,10 +665,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::new(OP, e))?;
-        let ticket = self
-            .feed
-            .publish(&mut tx, std::slice::from_ref(current), OP)
-            .await?;
+        let ticket = publish(&self.feed, &mut tx, std::slice::from_ref(current), OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         self.feed.settle(ticket).await;
         Ok(Some(session))
@@ -718,7 +707,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
             .await
             .map_err(|e| StoreError::new(OP, e))?;
         let hashes = hashes_from_rows(&rows, OP)?;
-        let ticket = self.feed.publish(&mut tx, &hashes, OP).await?;
+        let ticket = publish(&self.feed, &mut tx, &hashes, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         self.feed.settle(ticket).await;
         Ok(hashes.into_iter().next())
@@ -759,7 +748,7 @@ impl<U: UserId> SessionStore<U> for PostgresStore<U> {
         published.extend(hashes.iter().copied());
         published.sort_unstable_by_key(|hash| *hash.as_bytes());
         published.dedup();
-        let ticket = self.feed.publish(&mut tx, &published, OP).await?;
+        let ticket = publish(&self.feed, &mut tx, &published, OP).await?;
         tx.commit().await.map_err(|e| StoreError::new(OP, e))?;
         self.feed.settle(ticket).await;
         Ok(hashes)

@@ -1,7 +1,10 @@
-//! The cross-instance invalidation feed over `LISTEN/NOTIFY`, with leases and acknowledgements.
+//! The cross-instance invalidation feed, with leases and acknowledgements, over any [`Transport`]
+//! that delivers one channel's messages to every listener in the order the writes that sent them
+//! took effect: PostgreSQL `LISTEN/NOTIFY` (notifications are delivered in commit order) and
+//! Redis pub/sub (a script's `PUBLISH` runs inside the atomic script, and the single-threaded
+//! server delivers messages in execution order).
 //!
-//! Every message goes through one channel, and PostgreSQL delivers a channel's notifications in
-//! commit order. That gives two proofs without a round trip per request:
+//! That order gives two proofs without a round trip per request:
 //!
 //! - **Lease.** Each instance with a cache publishes a heartbeat every quarter lease. Hearing its
 //!   own heartbeat proves that every notification committed before the heartbeat was sent has
@@ -20,42 +23,45 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::error::StoreError;
 use crate::metrics;
 use crate::store::{Ack, Invalidation};
 use crate::token::TokenHash;
 
-/// Hashes per notification: 65 bytes each keeps a payload well under PostgreSQL's 8000-byte cap.
-const HASHES_PER_NOTIFICATION: usize = 100;
-
 /// Heartbeat send times kept to match heard heartbeats against.
 const HEARTBEATS_KEPT: usize = 64;
 
-/// Settings of the feed.
-#[derive(Debug, Clone)]
-pub(super) struct FeedOptions {
-    /// The channel shared by revocations, heartbeats, acknowledgements and goodbyes (it follows
-    /// the configured tables, so two applications on one database keep apart).
-    pub(super) channel: Arc<str>,
-    pub(super) lease: Duration,
-    /// Where the listener connects, when not through the pool (a pooler in transaction mode
-    /// cannot carry `LISTEN`).
-    pub(super) listen: Option<PgConnectOptions>,
-}
+/// The default invalidation lease.
+pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(1);
 
-impl FeedOptions {
-    pub(super) fn new(channel: Arc<str>) -> Self {
-        Self {
-            channel,
-            lease: Duration::from_secs(1),
-            listen: None,
-        }
-    }
+/// The shortest lease a store accepts.
+pub(super) const MIN_LEASE: Duration = Duration::from_millis(10);
+
+/// A failure of the transport, only ever logged.
+pub(super) type TransportError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the feed's messages travel. One channel carries revocations, heartbeats,
+/// acknowledgements and goodbyes; a store sends its revocations itself, inside the write that
+/// revokes (see [`Feed::revocation_header`]), so that they are delivered only if it took effect.
+pub(super) trait Transport: Send + Sync + 'static {
+    /// A connection that hears the channel.
+    type Listener: Send + 'static;
+
+    /// Sends one message on the channel, outside any write.
+    fn send(
+        &self,
+        payload: String,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send + 'static + use<Self>;
+
+    /// Connects a listener; resolves once it is listening.
+    fn listen(
+        &self,
+    ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send + 'static + use<Self>;
+
+    /// The next message heard, or `None` once the connection is lost.
+    fn next(listener: &mut Self::Listener) -> impl Future<Output = Option<String>> + Send + '_;
 }
 
 /// One message on the channel.
@@ -144,9 +150,9 @@ struct State {
     listening_since: Option<Instant>,
 }
 
-pub(super) struct Feed {
-    pool: PgPool,
-    options: FeedOptions,
+pub(super) struct Feed<T: Transport> {
+    transport: T,
+    lease: Duration,
     instance: u64,
     next_seq: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
@@ -157,12 +163,13 @@ pub(super) struct Feed {
     alive: watch::Receiver<()>,
 }
 
-impl Feed {
-    pub(super) fn new(pool: PgPool, options: FeedOptions) -> Arc<Self> {
+impl<T: Transport> Feed<T> {
+    /// A feed over `transport` with `lease` (at least [`MIN_LEASE`]).
+    pub(super) fn new(transport: T, lease: Duration) -> Arc<Self> {
         let (alive_tx, alive) = watch::channel(());
         Arc::new(Self {
-            pool,
-            options,
+            transport,
+            lease: lease.max(MIN_LEASE),
             instance: instance_id(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             state: Mutex::new(State::default()),
@@ -173,11 +180,11 @@ impl Feed {
     }
 
     pub(super) fn lease(&self) -> Duration {
-        self.options.lease
+        self.lease
     }
 
-    pub(super) fn options(&self) -> &FeedOptions {
-        &self.options
+    pub(super) fn transport(&self) -> &T {
+        &self.transport
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -212,55 +219,40 @@ impl Feed {
         }
     }
 
-    /// Publishes `hashes` inside `tx` (delivered only if it commits) and registers them to be
-    /// acknowledged; pass the returned ticket to [`settle`](Self::settle) after the commit.
-    pub(super) async fn publish(
-        self: &Arc<Self>,
-        tx: &mut Transaction<'_, Postgres>,
-        hashes: &[TokenHash],
-        operation: &'static str,
-    ) -> Result<Ticket, StoreError> {
-        let mut ticket = Ticket {
+    /// An empty ticket for the revocations of one write.
+    pub(super) fn ticket(self: &Arc<Self>) -> Ticket<T> {
+        Ticket {
             seqs: Vec::new(),
             feed: Arc::downgrade(self),
-        };
-        if hashes.is_empty() {
-            return Ok(ticket);
         }
-        // Our own notification must come back to prove who heard it.
+    }
+
+    /// Registers one revocation message of the write that `ticket` belongs to and returns its
+    /// header, `r <origin> <seq> `: the write sends the header followed by the revoked hashes
+    /// (hex, comma-separated) on the channel, as part of itself. Pass the ticket to
+    /// [`settle`](Self::settle) once the write took effect; drop it if the write failed or sent
+    /// nothing.
+    pub(super) fn revocation_header(self: &Arc<Self>, ticket: &mut Ticket<T>) -> String {
+        // Our own message must come back to prove who heard it.
         self.start_listener();
-        for chunk in hashes.chunks(HASHES_PER_NOTIFICATION) {
-            let seq = self
-                .next_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let list = chunk
-                .iter()
-                .map(TokenHash::to_hex)
-                .collect::<Vec<_>>()
-                .join(",");
-            self.state().pending.insert(
-                seq,
-                Pending {
-                    published_at: Instant::now(),
-                    awaiting: None,
-                    local_done: false,
-                },
-            );
-            ticket.seqs.push(seq);
-            let payload = format!("r {:x} {seq:x} {list}", self.instance);
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&*self.options.channel)
-                .bind(payload)
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| StoreError::new(operation, e))?;
-        }
-        Ok(ticket)
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state().pending.insert(
+            seq,
+            Pending {
+                published_at: Instant::now(),
+                awaiting: None,
+                local_done: false,
+            },
+        );
+        ticket.seqs.push(seq);
+        format!("r {:x} {seq:x} ", self.instance)
     }
 
     /// Waits, after the commit, until every other live instance has dropped the published
     /// hashes, or until their leases must have lapsed.
-    pub(super) async fn settle(&self, mut ticket: Ticket) {
+    pub(super) async fn settle(&self, mut ticket: Ticket<T>) {
         let seqs = std::mem::take(&mut ticket.seqs);
         if seqs.is_empty() {
             return;
@@ -269,7 +261,7 @@ impl Feed {
         // when the commit became visible began with a heartbeat sent before it, so one lease
         // (plus slack) from now it has lapsed, however long the commit took.
         let committed = Instant::now();
-        let deadline = committed + self.options.lease + margin(self.options.lease);
+        let deadline = committed + self.lease + margin(self.lease);
         let waited = loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
@@ -298,7 +290,7 @@ impl Feed {
         if waited {
             ::metrics::counter!(metrics::REVOCATION_ACK_TIMEOUTS).increment(1);
             tracing::warn!(
-                lease_ms = self.options.lease.as_millis(),
+                lease_ms = self.lease.as_millis(),
                 "a revocation was not acknowledged by every instance; waited out their lease"
             );
         }
@@ -324,7 +316,7 @@ impl Feed {
                     .find(|(number, _)| *number == n)
                     .map(|(_, sent)| *sent);
                 if let Some(sent) = sent {
-                    let until = sent + self.options.lease;
+                    let until = sent + self.lease;
                     self.forward(|| Invalidation::Lease { until });
                 }
             }
@@ -340,7 +332,7 @@ impl Feed {
                 // store), and the revoking call waits for them as for any instance.
                 let local = self.hand_to_caches(&hashes);
                 let mut state = self.state();
-                let lease = self.options.lease + margin(self.options.lease);
+                let lease = self.lease + margin(self.lease);
                 let knows_every_peer = state
                     .listening_since
                     .is_some_and(|since| since + lease <= Instant::now());
@@ -437,18 +429,15 @@ impl Feed {
             // No cache here: nothing to drop, and nobody waits for this instance.
             return;
         }
-        let (pool, me, channel) = (
-            self.pool.clone(),
-            self.instance,
-            Arc::clone(&self.options.channel),
-        );
+        let ack = self
+            .transport
+            .send(format!("a {:x} {origin:x} {seq:x}", self.instance));
         tokio::spawn(async move {
             for wait in waits {
                 // An error means the cache is gone: nothing left to drop.
                 let _ = wait.await;
             }
-            let payload = format!("a {me:x} {origin:x} {seq:x}");
-            if let Err(error) = notify(&pool, &channel, &payload).await {
+            if let Err(error) = ack.await {
                 // The origin then waits out this instance's lease: slower, never wrong.
                 tracing::warn!(%error, "could not acknowledge a session revocation");
             }
@@ -456,7 +445,7 @@ impl Feed {
     }
 }
 
-impl Drop for Feed {
+impl<T: Transport> Drop for Feed<T> {
     fn drop(&mut self) {
         // The last handle of the store is gone (with its manager): say goodbye, so that no
         // revocation elsewhere waits out this instance's lease. Best effort: without a runtime
@@ -464,21 +453,19 @@ impl Drop for Feed {
         // it has sent a heartbeat.
         let announced = !self.state().heartbeats.is_empty();
         if announced && let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pool, me) = (self.pool.clone(), self.instance);
-            let channel = Arc::clone(&self.options.channel);
-            runtime.spawn(async move { notify(&pool, &channel, &format!("b {me:x}")).await });
+            runtime.spawn(self.transport.send(format!("b {:x}", self.instance)));
         }
     }
 }
 
-/// The revocations one transaction published; [`Feed::settle`] waits for them. Dropped without
-/// settling (the commit failed), it forgets them.
-pub(super) struct Ticket {
+/// The revocations one write published; [`Feed::settle`] waits for them. Dropped without
+/// settling (the write failed), it forgets them.
+pub(super) struct Ticket<T: Transport> {
     seqs: Vec<u64>,
-    feed: Weak<Feed>,
+    feed: Weak<Feed<T>>,
 }
 
-impl Drop for Ticket {
+impl<T: Transport> Drop for Ticket<T> {
     fn drop(&mut self) {
         if self.seqs.is_empty() {
             return;
@@ -510,21 +497,12 @@ fn instance_id() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(payload)
-        .execute(pool)
-        .await
-        .map(drop)
-}
-
 /// Publishes this instance's heartbeat every quarter lease while a cache subscribes; says
 /// goodbye when the last one is gone.
-async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
+async fn heartbeat<T: Transport>(feed: Weak<Feed<T>>, mut alive: watch::Receiver<()>) {
     let mut n: u64 = 0;
     let period = match feed.upgrade() {
-        Some(feed) => (feed.options.lease / 4).max(Duration::from_millis(1)),
+        Some(feed) => (feed.lease / 4).max(Duration::from_millis(1)),
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -535,8 +513,7 @@ async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
             _ = tick.tick() => {}
         }
         let Some(feed) = feed.upgrade() else { return };
-        let (pool, me) = (feed.pool.clone(), feed.instance);
-        let channel = Arc::clone(&feed.options.channel);
+        let me = feed.instance;
         let subscribed = {
             let mut state = feed.state();
             state.subscribers.retain(|s| !s.is_closed());
@@ -550,38 +527,28 @@ async fn heartbeat(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
             }
             !state.subscribers.is_empty()
         };
-        drop(feed);
         if !subscribed {
-            let _ = notify(&pool, &channel, &format!("b {me:x}")).await;
+            let bye = feed.transport.send(format!("b {me:x}"));
+            drop(feed);
+            let _ = bye.await;
             return;
         }
-        if let Err(error) = notify(&pool, &channel, &format!("h {me:x} {n:x}")).await {
+        let beat = feed.transport.send(format!("h {me:x} {n:x}"));
+        drop(feed);
+        if let Err(error) = beat.await {
             tracing::debug!(%error, "session invalidation heartbeat not sent; the lease will lapse");
         }
     }
 }
 
 /// Relays the channel until the feed is dropped, reconnecting with backoff. Every gap in the
-/// connection is reported, because notifications sent during it are lost for good.
-async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
+/// connection is reported, because messages sent during it are lost for good.
+async fn listen<T: Transport>(feed: Weak<Feed<T>>, mut alive: watch::Receiver<()>) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     let mut backoff = MIN_BACKOFF;
-    let Some(strong) = feed.upgrade() else { return };
-    // `PgListener` takes its connection from a pool: a one-connection pool for a separate URL.
-    let channel = Arc::clone(&strong.options.channel);
-    let pool = match strong.options.listen.clone() {
-        Some(options) => PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options),
-        None => strong.pool.clone(),
-    };
-    drop(strong);
     loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.eager_reconnect(false);
-            listener.listen(&channel).await?;
-            Ok::<_, sqlx::Error>(listener)
+        let Some(connected) = feed.upgrade().map(|feed| feed.transport.listen()) else {
+            return;
         };
         let mut listener = tokio::select! {
             _ = alive.changed() => return,
@@ -609,16 +576,16 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
         loop {
             let received = tokio::select! {
                 _ = alive.changed() => return,
-                received = listener.try_recv() => received,
+                received = T::next(&mut listener) => received,
             };
             let Some(feed) = feed.upgrade() else { return };
             match received {
-                Ok(Some(notification)) => {
-                    if let Some(message) = Message::parse(notification.payload()) {
+                Some(payload) => {
+                    if let Some(message) = Message::parse(&payload) {
                         feed.heard(message);
                     }
                 }
-                Ok(None) | Err(_) => {
+                None => {
                     tracing::warn!(
                         "session invalidation listener lost its connection; reconnecting"
                     );
@@ -629,12 +596,6 @@ async fn listen(feed: Weak<Feed>, mut alive: watch::Receiver<()>) {
             }
         }
     }
-}
-
-/// The listener's connection options, from a URL.
-pub(super) fn listen_options(url: &str) -> Result<PgConnectOptions, StoreError> {
-    url.parse()
-        .map_err(|e| StoreError::new("parse the listen URL", e))
 }
 
 #[cfg(test)]
