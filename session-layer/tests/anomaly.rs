@@ -205,12 +205,7 @@ on_every_store!(
 async fn servers_that_are_not_axum_give_the_peer_as_peer_addr() {
     let manager =
         SessionManager::new(session_layer::MemoryStore::new(), SessionConfig::default()).unwrap();
-    let reported: Arc<Mutex<Vec<Change>>> = Arc::default();
-    let sink = reported.clone();
-    manager.on_anomaly(move |anomaly| {
-        sink.lock().unwrap().push(anomaly.change.clone());
-        Verdict::Allow
-    });
+    let reported = common::record_anomalies(&manager);
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())

@@ -442,12 +442,7 @@ async fn held_forwarded_for_from_an_untrusted_peer_cannot_hide_a_new_address() {
         .build()
         .unwrap();
     let manager = SessionManager::new(MemoryStore::new(), config).unwrap();
-    let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
-    let sink = seen.clone();
-    manager.on_anomaly(move |anomaly| {
-        sink.lock().unwrap().push(anomaly.change.clone());
-        Verdict::Allow
-    });
+    let seen = common::record_anomalies(&manager);
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())
@@ -579,12 +574,7 @@ async fn held_a_retired_hash_cannot_be_attached_to_another_users_session() {
 #[tokio::test]
 async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
     let manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
-    let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
-    let sink = seen.clone();
-    manager.on_anomaly(move |anomaly| {
-        sink.lock().unwrap().push(anomaly.change.clone());
-        Verdict::Allow
-    });
+    let seen = common::record_anomalies(&manager);
     let (token, _) = manager
         .create(
             NewSession::new(Uuid::now_v7())

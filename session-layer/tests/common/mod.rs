@@ -521,3 +521,16 @@ pub async fn postgres_rls_on<U: UserId>(
 pub async fn postgres_rls_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(postgres_rls::<U>().await.app)
 }
+
+/// Registers an anomaly hook on `manager` that records every change and lets the request on.
+pub fn record_anomalies(
+    manager: &session_layer::SessionManager,
+) -> Arc<std::sync::Mutex<Vec<session_layer::anomaly::Change>>> {
+    let seen: Arc<std::sync::Mutex<Vec<_>>> = Arc::default();
+    let sink = seen.clone();
+    manager.on_anomaly(move |anomaly| {
+        sink.lock().unwrap().push(anomaly.change.clone());
+        session_layer::anomaly::Verdict::Allow
+    });
+    seen
+}
