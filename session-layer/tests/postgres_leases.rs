@@ -2,6 +2,8 @@
 //! After a revoking call returns, no instance accepts the token, whether the others are
 //! healthy, partitioned from the notification channel, leaving or gone.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::sync::Arc;
@@ -67,7 +69,7 @@ fn hammer(
 /// Revokes on A while B and C hammer the token; returns how long the revoking call took.
 async fn revoke_under_fire(a: &SessionManager, others: &[SessionManager]) -> Duration {
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = Arc::new(token.expose());
     for other in others {
         cached_on(other, &token).await;
@@ -144,7 +146,7 @@ async fn a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_ref
     let b = instance(b_store).await;
 
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     cached_on(&b, &token).await;
     // A has heard B's heartbeats: B counts as live.
@@ -171,7 +173,7 @@ async fn a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_ref
     }
     // Once the partition heals, B trusts its cache again.
     relay.frozen.send_replace(false);
-    let (other, _) = a.create(NewSession::new(user)).await.unwrap();
+    let (other, _) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     cached_on(&b, &other.expose()).await;
 }
 
@@ -186,7 +188,11 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease() 
 
     // C leaves cleanly: dropping its manager says goodbye.
     let c = instance(store(&url, lease).await).await;
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     cached_on(&c, &token.expose()).await;
     drop(c);
     tokio::time::sleep(lease / 2).await;
@@ -197,7 +203,11 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease() 
     let relay = Relay::start(pg_port()).await;
     let d_url = relay.url(&url);
     let d = instance(store(&d_url, lease).await.with_listen_url(&d_url).unwrap()).await;
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     cached_on(&d, &token.expose()).await;
     relay.kill();
     // A crash leaves nothing behind: new connections through the relay die too.
@@ -232,7 +242,7 @@ async fn a_fresh_revoker_does_not_trust_a_peer_list_it_has_not_heard_in_full() {
     let b = instance(store(&url, lease).await).await;
     for _ in 0..8 {
         let user = Uuid::now_v7();
-        let (token, session) = b.create(NewSession::new(user)).await.unwrap();
+        let (token, session) = b.create(NewSession::new(user)).await.unwrap().into_parts();
         let token = token.expose();
         cached_on(&b, &token).await;
         // A deploy whose first request is a sign-out.
@@ -282,7 +292,7 @@ async fn a_slow_commit_does_not_shorten_the_wait_for_a_partitioned_peer() {
     .unwrap();
     tokio::time::sleep(lease + lease / 4).await;
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     cached_on(&b, &token).await;
     let revoking = {
@@ -317,7 +327,7 @@ async fn a_repeated_revoke_all_waits_like_the_first() {
     .await;
     tokio::time::sleep(lease + lease / 4).await;
     let user = Uuid::now_v7();
-    let (token, _) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, _) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     cached_on(&b, &token).await;
     relay.frozen.send_replace(true);
@@ -369,7 +379,11 @@ async fn a_sibling_manager_on_the_same_store_drops_the_token_before_revoke_retur
     .await
     .unwrap();
     let user = Uuid::now_v7();
-    let (token, session) = first.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = first
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     cached_on(&sibling, &token).await;
     // Past a lease of listening, the revoker knows its peers and would not wait out the lease.

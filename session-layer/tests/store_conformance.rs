@@ -552,12 +552,18 @@ macro_rules! store_suite {
 }
 
 store_suite!(memory, async { common::memory() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite, common::sqlite());
+#[cfg(feature = "postgres")]
 store_suite!(postgres, common::postgres());
 // The application's own id types, in columns of the matching SQL type.
 store_suite!(memory_i64, async { common::memory_as::<i64>() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite_i64, common::sqlite_as::<i64>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_i64, common::postgres_as::<i64>());
 store_suite!(memory_text, async { common::memory_as::<String>() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite_text, common::sqlite_as::<String>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_text, common::postgres_as::<String>());

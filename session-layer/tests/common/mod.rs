@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
+#[cfg(feature = "postgres")]
+use session_layer::PostgresStore;
+#[cfg(feature = "sqlite")]
+use session_layer::SqliteStore;
 use session_layer::{
-    Fence, MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore,
-    StoreError, TokenHash, UserId,
+    Fence, MemoryStore, RevocationReason, Session, SessionStore, StoreError, TokenHash, UserId,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
@@ -50,6 +53,7 @@ pub fn memory_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(MemoryStore::<U>::default())
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     let store = SqliteStore::connect_with(
         &test_support::sqlite_database("sessions"),
@@ -61,6 +65,7 @@ pub async fn sqlite_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(store)
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     let store = PostgresStore::connect_with(
         &test_support::postgres_database(),
@@ -76,10 +81,12 @@ pub fn memory() -> Arc<dyn SessionStore> {
     Arc::new(MemoryStore::new())
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite() -> Arc<dyn SessionStore> {
     Arc::new(sqlite_store().await)
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite_store() -> SqliteStore {
     let store = SqliteStore::connect(&test_support::sqlite_database("sessions"))
         .await
@@ -88,10 +95,12 @@ pub async fn sqlite_store() -> SqliteStore {
     store
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres() -> Arc<dyn SessionStore> {
     Arc::new(postgres_store(&test_support::postgres_database()).await)
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres_store(url: &str) -> PostgresStore {
     let store = PostgresStore::connect(url)
         .await
@@ -295,11 +304,13 @@ macro_rules! on_every_store {
                         $scenario(common::memory()).await;
                     }
 
+                    #[cfg(feature = "sqlite")]
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn sqlite() {
                         $scenario(common::sqlite().await).await;
                     }
 
+                    #[cfg(feature = "postgres")]
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn postgres() {
                         $scenario(common::postgres().await).await;
