@@ -17,14 +17,14 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
-    let mut views: Vec<SessionView> = state
+    // Most recently active first, the caller's marked, each with its most recent use known.
+    let views: Vec<SessionView> = state
         .sessions
-        .list(current.user_id())
+        .list_for(&current)
         .await?
         .into_iter()
-        .map(|session| SessionView::new(session, &current))
+        .map(SessionView::listed)
         .collect();
-    SessionView::sort(&mut views);
     Ok(Json(json!({ "sessions": views })).into_response())
 }
 
