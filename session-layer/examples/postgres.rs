@@ -60,7 +60,8 @@ async fn login(
 ) -> Result<(IssuedSession, Json<Value>), StatusCode> {
     let issued = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await;
     let issued = issued.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let body = json!({ "token": issued.token().expose(), "session_id": issued.session().id });
+    let body =
+        json!({ "token": issued.token().expose(), "session_id": issued.session().id.to_string() });
     Ok((issued, Json(body)))
 }
 
@@ -75,7 +76,7 @@ async fn list(
         .iter()
         .map(|entry| {
             json!({
-                "id": entry.session.id,
+                "id": entry.session.id.to_string(),
                 "device": entry.session.device,
                 "last_active_unix": entry.session.last_active_at.unix_timestamp(),
                 "current": entry.current,

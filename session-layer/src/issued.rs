@@ -35,7 +35,7 @@ use crate::token::SessionToken;
 ///     let Ok(issued) = sessions.create(NewSession::new(user_id)).await else {
 ///         return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
 ///     };
-///     let id = issued.session().id;
+///     let id = issued.session().id.to_string();
 ///     if bearer {
 ///         Json(serde_json::json!({ "session_id": id, "token": issued.token().expose() }))
 ///             .into_response()

@@ -16,7 +16,7 @@ use crate::device::DeviceType;
 ///
 /// With the `serde` feature it is `Serialize`: timestamps as RFC 3339 strings, `device_type`
 /// and `revoked_reason` as their snake_case names, and without the raw user agent
-/// (serialize [`with_user_agent`](Self::with_user_agent) to include it).
+/// (serialize `Session::with_user_agent()` to include it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Session<U = Uuid> {

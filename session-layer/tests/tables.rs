@@ -3,13 +3,14 @@
 
 mod common;
 
+#[cfg(feature = "postgres")]
 use std::time::Duration;
 
-use session_layer::store::Tables;
 #[cfg(feature = "postgres")]
 use session_layer::PostgresStore;
 #[cfg(feature = "sqlite")]
 use session_layer::SqliteStore;
+use session_layer::store::Tables;
 use session_layer::{NewSession, RevocationReason, SessionConfig, SessionManager};
 use uuid::Uuid;
 
