@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
 #[cfg(feature = "postgres")]
 use session_layer::PostgresStore;
 #[cfg(feature = "sqlite")]
 use session_layer::SqliteStore;
+use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
 use session_layer::{
     Fence, MemoryStore, RevocationReason, Session, SessionStore, StoreError, TokenHash, UserId,
 };
