@@ -30,7 +30,8 @@ fn micro(c: &mut Criterion) {
         SessionManager::new(MemoryStore::new(), SessionConfig::default()).expect("manager");
     let (token, _) = runtime
         .block_on(manager.create(NewSession::new(uuid::Uuid::now_v7())))
-        .expect("create");
+        .expect("create")
+        .into_parts();
     let token = token.expose();
     let session = runtime
         .block_on(manager.validate(&token))

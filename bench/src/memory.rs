@@ -82,7 +82,7 @@ pub fn run(sessions: u64) {
                     "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
                 ))
                 .ip_address(Some("203.0.113.7".parse().expect("ip")));
-            let (token, _) = manager.create(new).await.expect("create");
+            let (token, _) = manager.create(new).await.expect("create").into_parts();
             tokens.push(token.expose());
         }
         manager.sync_cache().await;

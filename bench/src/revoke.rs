@@ -190,7 +190,8 @@ impl Cluster {
         let (token, session) = revoking
             .create(NewSession::new(user))
             .await
-            .expect("create a session");
+            .expect("create a session")
+            .into_parts();
         let token = token.expose();
         // The partitioned instance heals long enough to cache the session, as it would have
         // before a partition that nobody noticed.

@@ -157,7 +157,8 @@ async fn layer(store: impl SessionStore, config: SessionConfig, credential: Cred
         let (token, _) = manager
             .create(NewSession::new(user))
             .await
-            .expect("create a benchmark session");
+            .expect("create a benchmark session")
+            .into_parts();
         if !manager.config().cache_ttl().is_zero() {
             // A store with an invalidation feed serves hits only while its lease holds:
             // measure from the first request with the session cached (a MemoryStore's cache
@@ -202,7 +203,8 @@ async fn sign_in(store: impl SessionStore, config: SessionConfig) -> String {
     let (token, _) = manager
         .create(NewSession::new(USER))
         .await
-        .expect("create the benchmark session");
+        .expect("create the benchmark session")
+        .into_parts();
     token.expose()
 }
 

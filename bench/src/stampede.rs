@@ -124,14 +124,16 @@ pub async fn run(pg_url: &str, requests: usize) -> Report {
     let (token, session) = manager
         .create(NewSession::new(user))
         .await
-        .expect("create the session");
+        .expect("create the session")
+        .into_parts();
     // With PostgreSQL the cache is trusted once the LISTEN connection is up.
     wait_for_cache(&manager, &token.expose()).await;
     // The wait above cached the token; forget it without revoking: a second session is fresh.
     let (token, _) = manager
         .create(NewSession::new(user))
         .await
-        .expect("create the stampede session");
+        .expect("create the stampede session")
+        .into_parts();
     let tracked = [
         names::CACHE_HITS,
         names::CACHE_MISSES,

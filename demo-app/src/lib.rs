@@ -286,6 +286,9 @@ fn router(state: AppState) -> Router {
                         "request",
                         method = %request.method(),
                         path = request.uri().path(),
+                        // Filled in by the session layer for an authenticated request.
+                        session.id = tracing::field::Empty,
+                        user.id = tracing::field::Empty,
                     )
                 })
                 .on_request(())

@@ -34,9 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
         .await?;
     sessions.shutdown().await;
     Ok(())
@@ -44,21 +42,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A real app checks a password first; the example signs in a fresh user id.
 async fn login(State(sessions): State<SessionManager>) -> Result<Json<String>, StatusCode> {
-    let user_id = uuid::Uuid::now_v7();
-    let (token, _session) = sessions
-        .create(NewSession::new(user_id))
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    Ok(Json(token.expose()))
+    let issued = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await;
+    let issued = issued.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok(Json(issued.token().expose()))
 }
 
 async fn revoke_others(
     State(sessions): State<SessionManager>,
     current: CurrentSession,
 ) -> Result<Json<u64>, StatusCode> {
-    sessions
+    let revoked = sessions
         .revoke_others(&current, RevocationReason::RevokedByUser)
-        .await
+        .await;
+    revoked
         .map(Json)
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
 }

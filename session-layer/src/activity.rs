@@ -109,6 +109,17 @@ impl<U: UserId> ActivityLog<U> {
         }
     }
 
+    /// The most recent use seen here of each of the user's sessions that this process tracks.
+    pub(crate) async fn last_uses(&self, user_id: &U) -> Vec<(Uuid, OffsetDateTime)> {
+        match self.users.get(user_id).await {
+            Some(sessions) => lock(&sessions)
+                .iter()
+                .map(|(id, used)| (*id, from_us(used.used_us())))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// The uses seen here of the user's sessions that the store may not know yet.
     pub(crate) async fn recent(&self, user_id: &U, now_us: i64) -> Vec<(Uuid, OffsetDateTime)> {
         match self.users.get(user_id).await {

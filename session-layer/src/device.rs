@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 /// The kind of device a session was created on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -31,6 +31,15 @@ impl DeviceType {
             Self::Bot => "bot",
             Self::Unknown => "unknown",
         }
+    }
+}
+
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+impl serde::Serialize for DeviceType {
+    /// As [`as_str`](Self::as_str).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -71,9 +80,31 @@ pub(crate) const MAX_USER_AGENT_LEN: usize = 512;
 /// parser is needed. Apache-2.0, see `data/LICENSE-uap-core`.
 const UAP_REGEXES: &str = include_str!("../data/uap-regexes.json");
 
+/// Builds the dataset on a blocking thread of the current Tokio runtime, once per process, so
+/// that the first sign-in does not wait for it (about half a second in a debug build). Called
+/// when a [`SessionManager`](crate::SessionManager) is built; a sign-in that comes first waits
+/// for the same build instead of starting a second one.
+pub(crate) fn warm_up() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Detached: the handle is not needed, the dataset lands in `EXTRACTOR`.
+            drop(runtime.spawn_blocking(|| extractor().is_some()));
+        }
+    });
+}
+
+/// Whether the user-agent dataset is built. For tests; not part of the API.
+#[doc(hidden)]
+#[must_use]
+pub fn user_agent_data_ready() -> bool {
+    EXTRACTOR.get().is_some()
+}
+
+static EXTRACTOR: OnceLock<Option<ua_parser::Extractor<'static>>> = OnceLock::new();
+
 /// The compiled dataset, built on first use (it compiles about 1,200 regexes once).
 fn extractor() -> Option<&'static ua_parser::Extractor<'static>> {
-    static EXTRACTOR: OnceLock<Option<ua_parser::Extractor<'static>>> = OnceLock::new();
     EXTRACTOR
         .get_or_init(|| {
             let built = serde_json::from_str::<ua_parser::Regexes<'static>>(UAP_REGEXES)

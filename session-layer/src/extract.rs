@@ -162,12 +162,19 @@ impl<U: std::fmt::Debug + Clone> std::fmt::Debug for CurrentSession<U> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Authenticated(pub(crate) Transport);
 
-/// Puts the session the layer found into the request.
-pub(crate) fn authenticated<B, U: Clone + Send + Sync + 'static>(
+/// Puts the session the layer found into the request, and records its ids on the request's
+/// span where that declares the fields `session.id` and `user.id` (see
+/// [`SessionLayer`](crate::SessionLayer)).
+pub(crate) fn authenticated<B, U: Clone + std::fmt::Display + Send + Sync + 'static>(
     request: &mut http::Request<B>,
     entry: Arc<SessionEntry<U>>,
     transport: Transport,
 ) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("session.id", tracing::field::display(entry.session.id));
+        span.record("user.id", tracing::field::display(&entry.session.user_id));
+    }
     let extensions = request.extensions_mut();
     extensions.insert(Authenticated(transport));
     extensions.insert(CurrentSession::new(entry, transport));
@@ -186,9 +193,30 @@ fn warn_if_other_id_type<U>(parts: &Parts) {
     }
 }
 
-/// Marker the layer leaves when the store could not be asked: the extractor answers 503.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SessionUnavailable;
+/// Marker the layer puts into the request extensions when the session store could not be asked:
+/// the request may have carried a valid session, so it must not be treated as signed out.
+///
+/// The [`CurrentSession`] extractor answers 503 for it by itself. A plain Tower service reads it
+/// to tell 503 from 401 (or uses [`SessionRejection::for_request`]):
+///
+/// ```
+/// use http::{Request, StatusCode};
+/// use session_layer::{CurrentSession, SessionUnavailable};
+///
+/// fn status<B>(request: &Request<B>) -> StatusCode {
+///     let extensions = request.extensions();
+///     if extensions.get::<CurrentSession>().is_some() {
+///         StatusCode::OK
+///     } else if extensions.get::<SessionUnavailable>().is_some() {
+///         StatusCode::SERVICE_UNAVAILABLE
+///     } else {
+///         StatusCode::UNAUTHORIZED
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionUnavailable;
 
 /// Why [`CurrentSession`] could not be extracted. Answers with a JSON body
 /// `{"error": "...", "message": "..."}`.
@@ -208,35 +236,71 @@ pub enum SessionRejection {
 
 impl SessionRejection {
     pub(crate) fn from_parts(parts: &Parts) -> Self {
-        if parts.extensions.get::<SessionUnavailable>().is_some() {
+        Self::from_extensions(&parts.extensions, &parts.headers)
+    }
+
+    /// Why a request that the [`SessionLayer`](crate::SessionLayer) passed on without a
+    /// [`CurrentSession`] has none: for plain Tower services, which have no extractor.
+    #[must_use]
+    pub fn for_request<B>(request: &http::Request<B>) -> Self {
+        Self::from_extensions(request.extensions(), request.headers())
+    }
+
+    fn from_extensions(extensions: &http::Extensions, headers: &http::HeaderMap) -> Self {
+        if extensions.get::<SessionUnavailable>().is_some() {
             Self::Unavailable
         } else {
             Self::Unauthenticated {
-                bearer_sent: crate::credential::bearer_token(&parts.headers).is_some(),
+                bearer_sent: crate::credential::bearer_token(headers).is_some(),
             }
+        }
+    }
+
+    /// The status it answers with: 401 or 503.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code of its JSON body: `unauthenticated` or
+    /// `session_store_unavailable`.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Unavailable => "session_store_unavailable",
+        }
+    }
+
+    /// The human-readable message of its JSON body.
+    #[must_use]
+    pub fn body_text(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated { .. } => {
+                "sign in to continue: the session is missing, expired or revoked"
+            }
+            Self::Unavailable => "sessions cannot be checked right now; try again shortly",
         }
     }
 }
 
 impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        let (status, body, www_authenticate) = match self {
-            Self::Unauthenticated { bearer_sent } => (
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"unauthenticated","message":"sign in to continue: the session is missing, expired or revoked"}"#,
-                Some(if bearer_sent {
-                    r#"Bearer error="invalid_token""#
-                } else {
-                    "Bearer"
-                }),
-            ),
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"error":"session_store_unavailable","message":"sessions cannot be checked right now; try again shortly"}"#,
-                None,
-            ),
+        let www_authenticate = match self {
+            Self::Unauthenticated { bearer_sent: true } => Some(r#"Bearer error="invalid_token""#),
+            Self::Unauthenticated { bearer_sent: false } => Some("Bearer"),
+            Self::Unavailable => None,
         };
-        let mut response = (status, body).into_response();
+        // Codes and messages hold no character that JSON escapes.
+        let body = format!(
+            r#"{{"error":"{}","message":"{}"}}"#,
+            self.code(),
+            self.body_text()
+        );
+        let mut response = (self.status(), body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -9,7 +9,6 @@
 //! use axum::{Router, extract::State, http::{Request, StatusCode}, routing::{get, post}};
 //! use session_layer::{
 //!     CurrentSession, NewSession, RevocationReason, SessionConfig, SessionLayer, SessionManager,
-//!     SqliteStore,
 //! };
 //! use tower::ServiceExt; // for `oneshot`, to call the app without a server
 //!
@@ -25,9 +24,10 @@
 //!     revoked.map(|n| n.to_string()).map_err(|_| StatusCode::SERVICE_UNAVAILABLE)
 //! }
 //!
+//! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = SqliteStore::connect("sqlite::memory:").await?;
+//! let store = session_layer::SqliteStore::connect("sqlite::memory:").await?;
 //! store.migrate().await?;
 //! let sessions = SessionManager::new(store, SessionConfig::default())?;
 //!
@@ -43,8 +43,10 @@
 //! let user_id = uuid::Uuid::now_v7();
 //! let fence = sessions.fence(user_id).await?;
 //! // ... read the password hash now (not before the fence) and verify it ...
-//! let (token, session) = sessions.create(NewSession::new(user_id).fence(fence)).await?;
-//! let cookie = sessions.config().cookie().session_cookie(&token, session.expires_at);
+//! let issued = sessions.create(NewSession::new(user_id).fence(fence)).await?;
+//! // A login handler returns `(issued, Json(body))`: that sets the session cookie (or it sends
+//! // `issued.token().expose()` to a bearer client). Here, the cookie is read back by hand.
+//! let cookie = issued.cookie();
 //!
 //! // The client sends it back; the layer resolves it to the session.
 //! let request = Request::get("/me")
@@ -57,14 +59,20 @@
 //! let anonymous = app.oneshot(Request::get("/me").body(axum::body::Body::empty())?).await?;
 //! assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 //! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
 //! ```
 //!
 //! # Parts
 //!
 //! - [`SessionManager`]: create, validate, rotate, list, revoke one / others / all, cleanup.
+//!   A sign-in or a rotation returns an [`IssuedSession`] and a sign-out a [`SignedOut`]: both
+//!   are response parts that set or clear the session cookie.
 //! - [`SessionLayer`]: reads `Authorization: Bearer` or the session cookie and puts a
 //!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
-//!   when absent, 503 when the store was unreachable).
+//!   when absent, 503 when the store was unreachable: [`SessionRejection`], and
+//!   [`SessionUnavailable`] for plain Tower services). It records `session.id` and `user.id` on
+//!   the request span ([see](layer#tracing)).
 //! - [Stores](store) behind [`SessionStore`]: `PostgresStore` (feature `postgres`, with strict
 //!   cross-instance revocation over `LISTEN/NOTIFY`), `RedisStore` (feature `redis`, the same
 //!   over pub/sub), `SqliteStore` (feature `sqlite`),
@@ -72,9 +80,19 @@
 //! - The application's own user ids: [`Uuid`](uuid::Uuid) by default, `i64`, `String`, or a
 //!   newtype of one of them ([`UserId`]); `SessionManager<i64>`, `CurrentSession<i64>` and so
 //!   on. SQL stores keep them in a column of the matching type, in tables named and placed as
-//!   [`store::Tables`] says (schema, prefix, a foreign key to the app's users).
+//!   `store::Tables` says (schema, prefix, a foreign key to the app's users).
 //! - [`SessionToken`]: 256 random bits, sent as 43 characters of base64url, stored only as its
 //!   SHA-256 ([`TokenHash`]). Neither ever appears in `Debug` output, logs or errors.
+//!
+//! # Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `postgres` (default) | `PostgresStore`, with strict cross-instance revocation |
+//! | `sqlite` (default) | `SqliteStore`, on a bundled SQLite |
+//! | `axum` (default) | the client address for anomaly events from axum's `ConnectInfo<SocketAddr>` |
+//! | `redis` | `RedisStore`, with strict cross-instance revocation over pub/sub |
+//! | `serde` | `Serialize` for [`Session`] and [`ListedSession`] (no token hash; the raw user agent only through `Session::with_user_agent`) |
 //!
 //! # Guarantees
 //!
@@ -117,6 +135,7 @@ mod error;
 mod extract;
 pub mod guard;
 mod invalidation;
+mod issued;
 pub mod layer;
 mod manager;
 pub mod metrics;
@@ -131,13 +150,19 @@ pub use anomaly::SessionAnomaly;
 pub use client_ip::resolve_client_ip;
 pub use clock::{Clock, ManualClock};
 pub use config::{CookieConfig, SessionConfig, SessionConfigBuilder};
+#[doc(hidden)]
+pub use device::user_agent_data_ready;
 pub use device::{DeviceInfo, DeviceType};
 pub use error::{ConfigError, Error, StoreError, TokenError};
-pub use extract::{CurrentSession, SessionRejection, Transport};
+pub use extract::{CurrentSession, SessionRejection, SessionUnavailable, Transport};
 pub use guard::CrossSiteGuard;
+pub use issued::{CookieHeaderError, IssuedSession, SignedOut};
 pub use layer::{SessionLayer, SessionService};
 pub use manager::{NewSession, SessionManager};
-pub use session::{RevocationReason, Session, UnknownReason};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use session::WithUserAgent;
+pub use session::{ListedSession, RevocationReason, Session, UnknownReason};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;

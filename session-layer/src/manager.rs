@@ -20,8 +20,9 @@ use crate::device::{DeviceInfo, MAX_USER_AGENT_LEN, truncate};
 use crate::error::{Error, StoreError};
 use crate::extract::{CurrentSession, Transport};
 use crate::invalidation::spawn_relay;
+use crate::issued::{IssuedSession, SignedOut};
 use crate::metrics;
-use crate::session::{RevocationReason, Session};
+use crate::session::{ListedSession, RevocationReason, Session};
 use crate::store::{Fence, Inserted, Liveness, MAX_DEVICE_NAME_LEN, SessionInsert, SessionStore};
 use crate::token::{SessionToken, TokenHash};
 use crate::touch::{TouchSender, spawn_writer};
@@ -158,6 +159,7 @@ impl<U: UserId> SessionManager<U> {
     /// [`Error::NoRuntime`] when called outside a Tokio runtime.
     pub fn from_arc(store: Arc<dyn SessionStore<U>>, config: SessionConfig) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        crate::device::warm_up();
         let touches = spawn_writer(Arc::clone(&store), config.touch_flush_interval);
         let feed = store.subscribe();
         // With a feed, the cache is trusted only once the feed reports that it is listening.
@@ -236,16 +238,23 @@ impl<U: UserId> SessionManager<U> {
     /// the most recent use this process has seen, written or not) are revoked with
     /// [`RevocationReason::SessionLimit`].
     ///
-    /// The token is returned once, here; only its hash is stored.
+    /// The token is returned once, here, in the [`IssuedSession`]; only its hash is stored.
+    /// Return the `IssuedSession` as response parts to set the cookie, or send its token to a
+    /// bearer client.
     ///
     /// # Errors
     ///
     /// [`Error::Fenced`] when the sign-in carried a fence that a revocation of all the user's
     /// sessions has passed; [`Error::Store`] when the store fails (no session was created);
     /// [`Error::Token`] when the OS random source fails.
-    pub async fn create(&self, new: NewSession<U>) -> Result<(SessionToken, Session<U>), Error> {
+    pub async fn create(&self, new: NewSession<U>) -> Result<IssuedSession<U>, Error> {
         let this = self.clone();
-        run_to_end(async move { this.create_now(new).await }).await
+        let (token, session) = run_to_end(async move { this.create_now(new).await }).await?;
+        Ok(self.issued(token, session))
+    }
+
+    fn issued(&self, token: SessionToken, session: Session<U>) -> IssuedSession<U> {
+        IssuedSession::new(token, session, self.inner.config.cookie.clone())
     }
 
     async fn create_now(&self, new: NewSession<U>) -> Result<(SessionToken, Session<U>), Error> {
@@ -311,12 +320,14 @@ impl<U: UserId> SessionManager<U> {
     ///
     /// [`Error::RotationConflict`] when the token was already rotated, or the session ended;
     /// [`Error::Store`] when the store fails.
-    pub async fn rotate(
-        &self,
-        current: &CurrentSession<U>,
-    ) -> Result<(SessionToken, Session<U>), Error> {
+    pub async fn rotate(&self, current: &CurrentSession<U>) -> Result<IssuedSession<U>, Error> {
         let (this, current) = (self.clone(), current.clone());
-        run_to_end(async move { this.rotate_now(&current).await }).await
+        let last_used = current.last_active_at();
+        let (token, mut session) =
+            run_to_end(async move { this.rotate_now(&current).await }).await?;
+        // The stored value lags; the request that rotates is itself a use.
+        session.last_active_at = session.last_active_at.max(last_used);
+        Ok(self.issued(token, session))
     }
 
     async fn rotate_now(
@@ -346,19 +357,93 @@ impl<U: UserId> SessionManager<U> {
         }
     }
 
-    /// The user's active sessions, most recently active first. Nothing secret is included.
+    /// The user's active sessions, most recently active first (on a tie, the newer first).
+    /// Nothing secret is included.
+    ///
+    /// `last_active_at` is the most recent use known: the stored value, or a later use that this
+    /// process has seen and not written yet (writes lag by up to a touch interval).
     ///
     /// # Errors
     ///
     /// [`Error::Store`] when the store fails.
     pub async fn list(&self, user_id: impl Borrow<U>) -> Result<Vec<Session<U>>, Error> {
-        Ok(self
+        self.list_seen(user_id.borrow(), None).await
+    }
+
+    /// The signed-in user's active sessions as their "your devices" page shows them: like
+    /// [`list`](Self::list), with the session of `current` marked
+    /// ([`ListedSession::current`]) and its use by this very request counted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store fails.
+    pub async fn list_for(
+        &self,
+        current: &CurrentSession<U>,
+    ) -> Result<Vec<ListedSession<U>>, Error> {
+        let own = (current.session_id(), current.last_active_at());
+        let sessions = self.list_seen(&current.user_id(), Some(own)).await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| ListedSession {
+                current: session.id == own.0,
+                session,
+            })
+            .collect())
+    }
+
+    /// The active sessions with the most recent use known of each (stored, seen by this
+    /// process, or `also_seen`), most recently active first.
+    async fn list_seen(
+        &self,
+        user_id: &U,
+        also_seen: Option<(Uuid, OffsetDateTime)>,
+    ) -> Result<Vec<Session<U>>, Error> {
+        let mut sessions = self
             .store_call(
                 self.inner
                     .store
-                    .list_active(user_id.borrow(), self.liveness(self.now())),
+                    .list_active(user_id, self.liveness(self.now())),
             )
-            .await?)
+            .await?;
+        let mut seen = self.inner.validator.activity().last_uses(user_id).await;
+        seen.extend(also_seen);
+        for (id, used) in seen {
+            if let Some(session) = sessions.iter_mut().find(|s| s.id == id) {
+                session.last_active_at = session.last_active_at.max(used);
+            }
+        }
+        sessions.sort_by(|a, b| {
+            b.last_active_at
+                .cmp(&a.last_active_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(sessions)
+    }
+
+    /// Signs the current session out ([`RevocationReason::Logout`]). A session that ended
+    /// meanwhile (revoked from another device) counts as signed out. Return the [`SignedOut`] as
+    /// response parts: it clears the cookie of a cookie client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store fails.
+    pub async fn logout(&self, current: &CurrentSession<U>) -> Result<SignedOut, Error> {
+        match self
+            .revoke(
+                current.user_id(),
+                current.session_id(),
+                RevocationReason::Logout,
+            )
+            .await
+        {
+            Ok(()) | Err(Error::SessionNotFound) => Ok(SignedOut::new(
+                current.session_id(),
+                current.transport(),
+                self.inner.config.cookie.clone(),
+            )),
+            Err(other) => Err(other),
+        }
     }
 
     /// Revokes one active session of `user_id`. The ownership check is part of the SQL: another
@@ -515,14 +600,17 @@ impl<U: UserId> SessionManager<U> {
         resolve_client_ip(headers, peer, &self.inner.config.trusted_proxies)
     }
 
-    /// Number of sessions currently cached (approximate).
+    /// Number of sessions currently cached (approximate). For tests and benchmarks; not part of
+    /// the API.
+    #[doc(hidden)]
     #[must_use]
     pub fn cached_sessions(&self) -> u64 {
         self.cache().len()
     }
 
     /// Runs the cache's pending maintenance, so that [`cached_sessions`](Self::cached_sessions)
-    /// is exact; for tests and benchmarks.
+    /// is exact. For tests and benchmarks; not part of the API.
+    #[doc(hidden)]
     pub async fn sync_cache(&self) {
         self.cache().run_pending_tasks().await;
     }

@@ -70,7 +70,8 @@ async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn Se
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     let app = Router::new()
         .route("/me", get(me))
@@ -178,7 +179,8 @@ async fn a_revoke_verdict_ends_the_session_before_the_request_is_served(
         let (token, _) = manager
             .create(NewSession::new(user).user_agent(Some("Firefox/140")))
             .await
-            .unwrap();
+            .unwrap()
+            .into_parts();
         let token = token.expose();
         if warm {
             // Cached: the anomaly shows on the hit path.
@@ -213,7 +215,8 @@ async fn servers_that_are_not_axum_give_the_peer_as_peer_addr() {
                 .user_agent(Some("app/1")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let app = Router::new()
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));

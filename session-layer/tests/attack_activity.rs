@@ -27,7 +27,11 @@ async fn the_activity_log_stays_bounded_by_the_session_limit(store: Arc<dyn Sess
     const LOGINS: usize = 400;
     let started = Instant::now();
     for _ in 0..LOGINS {
-        let (token, _) = manager.create(NewSession::new(user)).await.unwrap();
+        let (token, _) = manager
+            .create(NewSession::new(user))
+            .await
+            .unwrap()
+            .into_parts();
         assert!(manager.validate(&token.expose()).await.unwrap().is_some());
     }
     let first_half = started.elapsed();
@@ -62,7 +66,8 @@ async fn a_use_seen_only_through_cache_hits_survives_a_reload(store: Arc<dyn Ses
         let (t, _) = manager
             .create(NewSession::new(Uuid::now_v7()))
             .await
-            .unwrap();
+            .unwrap()
+            .into_parts();
         let _ = manager.validate(&t.expose()).await;
         manager.sync_cache().await;
         manager.cached_sessions() > 0
@@ -73,7 +78,8 @@ async fn a_use_seen_only_through_cache_hits_survives_a_reload(store: Arc<dyn Ses
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     tokio::time::sleep_until(t0 + Duration::from_millis(100)).await;
     assert!(manager.validate(&token).await.unwrap().is_some());
@@ -85,7 +91,8 @@ async fn a_use_seen_only_through_cache_hits_survives_a_reload(store: Arc<dyn Ses
         let (other, _) = manager
             .create(NewSession::new(Uuid::now_v7()))
             .await
-            .unwrap();
+            .unwrap()
+            .into_parts();
         assert!(manager.validate(&other.expose()).await.unwrap().is_some());
         manager.sync_cache().await;
     }

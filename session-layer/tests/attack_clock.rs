@@ -35,7 +35,8 @@ async fn a_wall_step_past_expiry_and_back_does_not_poison_the_miss_cache(
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     clock.step_wall(2 * HOUR_US);
     assert!(
@@ -57,14 +58,22 @@ async fn a_backward_wall_step_keeps_sessions_working(store: Arc<dyn SessionStore
     let (config, clock) = manual(SessionConfig::builder());
     let manager = SessionManager::from_arc(store, config).unwrap();
     let user = Uuid::now_v7();
-    let (before, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (before, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     clock.step_wall(-2 * HOUR_US);
-    let (during, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (during, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     clock.advance(Duration::from_secs(120));
     assert!(valid(&manager, &before.expose()).await);
     assert!(valid(&manager, &during.expose()).await);
     let current = manager.validate(&during.expose()).await.unwrap().unwrap();
-    let (rotated, _) = manager.rotate(&current).await.unwrap();
+    let (rotated, _) = manager.rotate(&current).await.unwrap().into_parts();
     assert!(valid(&manager, &rotated.expose()).await);
     assert_eq!(manager.list(user).await.unwrap().len(), 2);
 }

@@ -24,10 +24,14 @@ async fn a_dropped_request_presenting_a_retired_token_still_revokes(store: Arc<d
     let probe = common::ProbeStore::new(store);
     let manager = SessionManager::from_arc(probe.clone(), SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (a, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (a, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let a = a.expose();
     let current = manager.validate(&a).await.unwrap().unwrap();
-    let (b, _) = manager.rotate(&current).await.unwrap();
+    let (b, _) = manager.rotate(&current).await.unwrap().into_parts();
     let b = b.expose();
     assert!(valid(&manager, &b).await);
 
@@ -59,7 +63,11 @@ async fn a_dropped_lookup_leaves_no_lock_behind(store: Arc<dyn SessionStore>) {
     let probe = common::ProbeStore::new(store);
     let manager = SessionManager::from_arc(probe.clone(), SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
 
     probe.pause_lookups();
@@ -98,7 +106,11 @@ async fn dropped_creates_at_every_instant_leave_whole_effects(store: Arc<dyn Ses
         .unwrap();
     let manager = SessionManager::from_arc(store, config).unwrap();
     let user = Uuid::now_v7();
-    let (first, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (first, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let first = first.expose();
     assert!(valid(&manager, &first).await, "cached");
     for delay_us in [0u64, 1, 5, 20, 50, 100, 200, 400, 800, 1600, 3200] {
@@ -124,7 +136,11 @@ async fn dropped_validations_racing_a_revocation(store: Arc<dyn SessionStore>) {
     let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
     for round in 0..20u64 {
         let user = Uuid::now_v7();
-        let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+        let (token, session) = manager
+            .create(NewSession::new(user))
+            .await
+            .unwrap()
+            .into_parts();
         let token = token.expose();
         let mut tasks = Vec::new();
         for i in 0..8u64 {

@@ -3,6 +3,8 @@
 //! Tests named `attack_*` failed on the commit under review (e137667, each was a break) and pass
 //! since their fixes; tests named `held_*` document attacks that did not work.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -75,8 +77,12 @@ async fn attack_app_role_deletes_every_users_live_sessions_through_the_cleanup_f
     let db = rls::<Uuid>(Some("auth")).await.unwrap();
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let (a_token, _) = manager.create(NewSession::new(a)).await.unwrap();
-    manager.create(NewSession::new(b)).await.unwrap();
+    let (a_token, _) = manager
+        .create(NewSession::new(a))
+        .await
+        .unwrap()
+        .into_parts();
+    let _ = manager.create(NewSession::new(b)).await.unwrap();
 
     let mut conn = PgConnection::connect(&db.app_url).await.unwrap();
     let wiped = scalar(
@@ -101,7 +107,11 @@ async fn attack_a_role_without_table_privileges_wipes_all_sessions() {
     let db = rls::<Uuid>(Some("auth")).await.unwrap();
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     let a = Uuid::now_v7();
-    let (a_token, _) = manager.create(NewSession::new(a)).await.unwrap();
+    let (a_token, _) = manager
+        .create(NewSession::new(a))
+        .await
+        .unwrap()
+        .into_parts();
 
     let admin = sqlx::PgPool::connect(&db.admin_url).await.unwrap();
     let reporter = format!("reporter_{}", &Uuid::now_v7().simple().to_string()[20..]);
@@ -145,7 +155,11 @@ async fn attack_app_role_extends_another_users_session_through_the_touch_functio
     let db = rls::<Uuid>(Some("auth")).await.unwrap();
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     let a = Uuid::now_v7();
-    let (_, a_session) = manager.create(NewSession::new(a)).await.unwrap();
+    let (_, a_session) = manager
+        .create(NewSession::new(a))
+        .await
+        .unwrap()
+        .into_parts();
 
     let mut conn = PgConnection::connect(&db.app_url).await.unwrap();
     let touched = scalar(
@@ -193,7 +207,7 @@ async fn held_string_user_ids_with_sql_metacharacters_stay_apart() {
         "victim ".to_owned(),
     ];
     for user in &users {
-        manager.create(NewSession::new(user.clone())).await.unwrap();
+        let _ = manager.create(NewSession::new(user.clone())).await.unwrap();
     }
     for user in &users {
         let listed = manager.list(user.clone()).await.unwrap();
@@ -228,8 +242,8 @@ async fn held_a_session_level_setting_on_a_pooled_connection_does_not_leak_into_
     let store = PostgresStore::with_tables(pool.clone(), tables).unwrap();
     let manager = SessionManager::new(store, SessionConfig::default()).unwrap();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    manager.create(NewSession::new(a)).await.unwrap();
-    manager.create(NewSession::new(b)).await.unwrap();
+    let _ = manager.create(NewSession::new(a)).await.unwrap();
+    let _ = manager.create(NewSession::new(b)).await.unwrap();
     // On every connection the library may use next.
     for _ in 0..4 {
         sqlx::query("SELECT set_config('app.current_user_id', $1, false)")
@@ -288,7 +302,8 @@ async fn attack_alternating_user_agents_make_one_event_per_request_without_bound
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     let app = Router::new()
         .route("/me", get(me))
@@ -336,7 +351,8 @@ async fn attack_a_panicking_hook_kills_the_request_and_swallows_the_other_change
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     let app = Router::new()
         .route("/me", get(me))
@@ -403,7 +419,8 @@ async fn held_concurrent_requests_from_a_new_address_are_reported_once() {
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     let app = Router::new()
         .route("/me", get(me))
@@ -450,7 +467,8 @@ async fn held_forwarded_for_from_an_untrusted_peer_cannot_hide_a_new_address() {
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let app = Router::new()
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));
@@ -488,7 +506,11 @@ async fn held_the_foreign_key_cascade_and_its_feed_work_under_row_level_security
         .await
         .unwrap();
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
-    let (token, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(manager.validate(&token.expose()).await.unwrap().is_some());
     // Give the feed a lease to start trusting the cache, then the hit path serves it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -528,7 +550,8 @@ async fn attack_a_text_user_id_forges_log_lines_through_the_anomaly_warning() {
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let app = Router::new()
         .route("/me", get(me_text))
         .layer(SessionLayer::new(manager));
@@ -551,8 +574,12 @@ async fn held_a_retired_hash_cannot_be_attached_to_another_users_session() {
     let db = rls::<Uuid>(Some("auth")).await.unwrap();
     let manager = SessionManager::new(db.app.clone(), SessionConfig::default()).unwrap();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    manager.create(NewSession::new(a)).await.unwrap();
-    let (_, b_session) = manager.create(NewSession::new(b)).await.unwrap();
+    let _ = manager.create(NewSession::new(a)).await.unwrap();
+    let (_, b_session) = manager
+        .create(NewSession::new(b))
+        .await
+        .unwrap()
+        .into_parts();
     let mut conn = PgConnection::connect(&db.app_url).await.unwrap();
     let insert = format!(
         "WITH i AS (INSERT INTO auth.session_retired_tokens (token_hash, session_id, retired_at) \
@@ -582,7 +609,8 @@ async fn attack_a_mapped_sign_in_address_reports_every_session_as_moved() {
                 .user_agent(Some("Firefox/140")),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let app = Router::new()
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));
@@ -611,11 +639,13 @@ async fn held_a_dead_database_under_row_level_security_fails_closed() {
     let (cached, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let (uncached, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let app = Router::new()
         .route("/me", get(me))
         .layer(SessionLayer::new(manager));

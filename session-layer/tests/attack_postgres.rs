@@ -2,6 +2,8 @@
 //! their touch batches (one UPDATE over many rows each), a sign-in applies `recent_activity` and
 //! evicts, a password reset runs `revoke_all`: each locks the same rows in its own order.
 
+#![cfg(feature = "postgres")]
+
 #[macro_use]
 mod common;
 
@@ -30,7 +32,15 @@ async fn batched_updates_do_not_deadlock_each_other_or_revoke_all() {
         let user = Uuid::now_v7();
         let mut ids = Vec::new();
         for _ in 0..150 {
-            ids.push(manager.create(NewSession::new(user)).await.unwrap().1.id);
+            ids.push(
+                manager
+                    .create(NewSession::new(user))
+                    .await
+                    .unwrap()
+                    .into_parts()
+                    .1
+                    .id,
+            );
         }
         let mut writers = Vec::new();
         for w in 0..4usize {

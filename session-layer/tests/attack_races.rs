@@ -21,7 +21,11 @@ async fn concurrent_rotations_have_one_winner_and_plain_losers(store: Arc<dyn Se
     let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
     for _ in 0..10 {
         let user = Uuid::now_v7();
-        let (a, _) = manager.create(NewSession::new(user)).await.unwrap();
+        let (a, _) = manager
+            .create(NewSession::new(user))
+            .await
+            .unwrap()
+            .into_parts();
         let a = a.expose();
         let current = manager.validate(&a).await.unwrap().unwrap();
         let rotations: Vec<_> = (0..16)
@@ -33,7 +37,7 @@ async fn concurrent_rotations_have_one_winner_and_plain_losers(store: Arc<dyn Se
         let mut winners = Vec::new();
         for r in rotations {
             match r.await.unwrap() {
-                Ok((token, _)) => winners.push(token.expose()),
+                Ok(issued) => winners.push(issued.token().expose()),
                 Err(Error::RotationConflict) => {}
                 Err(e) => panic!("unexpected {e}"),
             }
@@ -55,10 +59,11 @@ async fn design_a_parallel_request_with_the_pre_refresh_token_ends_the_session(
     let (a, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let a = a.expose();
     let current = manager.validate(&a).await.unwrap().unwrap();
-    let (b, _) = manager.rotate(&current).await.unwrap();
+    let (b, _) = manager.rotate(&current).await.unwrap().into_parts();
     // The other tab's request, sent before the Set-Cookie with B arrived.
     assert!(!valid(&manager, &a).await);
     assert!(
@@ -72,7 +77,11 @@ async fn rotate_racing_revoke_leaves_nothing_valid(store: Arc<dyn SessionStore>)
     let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
     for round in 0..30 {
         let user = Uuid::now_v7();
-        let (a, session) = manager.create(NewSession::new(user)).await.unwrap();
+        let (a, session) = manager
+            .create(NewSession::new(user))
+            .await
+            .unwrap()
+            .into_parts();
         let a = a.expose();
         let current = manager.validate(&a).await.unwrap().unwrap();
         let rotating = {
@@ -94,7 +103,7 @@ async fn rotate_racing_revoke_leaves_nothing_valid(store: Arc<dyn SessionStore>)
         // Hammer validation of both tokens meanwhile.
         let rotated = rotating.await.unwrap();
         let _ = revoking.await.unwrap();
-        let b = rotated.ok().map(|(t, _)| t.expose());
+        let b = rotated.ok().map(|issued| issued.token().expose());
         assert!(!valid(&manager, &a).await, "round {round}: A served");
         if let Some(b) = b {
             assert!(
@@ -115,7 +124,11 @@ async fn a_fenced_sign_in_evicts_nothing(store: Arc<dyn SessionStore>) {
         .unwrap();
     let manager = SessionManager::from_arc(store, config).unwrap();
     let user = Uuid::now_v7();
-    let (own, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (own, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let current = manager.validate(&own.expose()).await.unwrap().unwrap();
     let fence = manager.fence(user).await.unwrap();
     manager
@@ -153,8 +166,8 @@ async fn fence_holds_across_two_instances(store: Arc<dyn SessionStore>) {
             .unwrap();
         for login in logins {
             match login.await.unwrap() {
-                Ok((token, _)) => assert!(
-                    !valid(&m2, &token.expose()).await,
+                Ok(issued) => assert!(
+                    !valid(&m2, &issued.token().expose()).await,
                     "round {round}: an old-password login survived the reset"
                 ),
                 Err(Error::Fenced) => {}
@@ -181,7 +194,7 @@ async fn concurrent_sign_ins_respect_the_limit(store: Arc<dyn SessionStore>) {
         .collect();
     let mut tokens = Vec::new();
     for l in logins {
-        tokens.push(l.await.unwrap().unwrap().0.expose());
+        tokens.push(l.await.unwrap().unwrap().token().expose());
     }
     let mut served = 0;
     for t in &tokens {

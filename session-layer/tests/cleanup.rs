@@ -21,8 +21,16 @@ async fn periodic_cleanup_purges_dead_rows_and_survives_store_failures() {
         .unwrap();
     let manager = SessionManager::from_arc(probe.clone(), config).unwrap();
     let user = Uuid::now_v7();
-    let (expiring, _) = manager.create(NewSession::new(user)).await.unwrap();
-    let (revoked, revoked_session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (expiring, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
+    let (revoked, revoked_session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     manager
         .revoke(user, revoked_session.id, RevocationReason::Logout)
         .await
@@ -46,7 +54,11 @@ async fn periodic_cleanup_purges_dead_rows_and_survives_store_failures() {
     .await;
     assert!(purged, "expired and long-revoked rows were not purged");
 
-    let (live, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (live, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(
         rows.find_by_token(&live.hash()).await.unwrap().is_some(),

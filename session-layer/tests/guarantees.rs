@@ -27,7 +27,11 @@ async fn valid(manager: &SessionManager, token: &str) -> bool {
 async fn any_rotated_out_token_revokes_the_session(store: Arc<dyn SessionStore>) {
     let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (a, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (a, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let mut family = vec![a.expose()];
     for _ in 0..2 {
         let current = manager
@@ -35,7 +39,7 @@ async fn any_rotated_out_token_revokes_the_session(store: Arc<dyn SessionStore>)
             .await
             .unwrap()
             .unwrap();
-        let (next, _) = manager.rotate(&current).await.unwrap();
+        let (next, _) = manager.rotate(&current).await.unwrap().into_parts();
         family.push(next.expose());
     }
     let c = family.last().unwrap();
@@ -64,7 +68,11 @@ async fn a_dropped_revocation_still_reaches_the_cache(store: Arc<dyn SessionStor
     let probe = common::ProbeStore::new(store);
     let manager = SessionManager::from_arc(probe.clone(), SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     assert!(
         valid(&manager, &token).await,
@@ -101,7 +109,11 @@ async fn logins_that_read_the_fence_before_a_password_change_cannot_outlive_it(
 ) {
     let manager = SessionManager::from_arc(store, SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (own, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (own, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let current = manager.validate(&own.expose()).await.unwrap().unwrap();
 
     // Deterministic interleaving: the login reads the fence and checks the old password...
@@ -117,7 +129,11 @@ async fn logins_that_read_the_fence_before_a_password_change_cannot_outlive_it(
     assert_eq!(manager.list(user).await.unwrap().len(), 1);
     // Without the fence, the same interleaving leaves a session the old password created:
     // the race the fence closes.
-    let (unfenced, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (unfenced, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(valid(&manager, &unfenced.expose()).await);
 
     // And under concurrency: 16 logins that read the fence before the reset began.
@@ -139,7 +155,7 @@ async fn logins_that_read_the_fence_before_a_password_change_cannot_outlive_it(
     let mut survivors = 0;
     for login in logins {
         match login.await.unwrap() {
-            Ok((token, _)) => survivors += usize::from(valid(&manager, &token.expose()).await),
+            Ok(issued) => survivors += usize::from(valid(&manager, &issued.token().expose()).await),
             Err(Error::Fenced) => {}
             Err(other) => panic!("unexpected {other}"),
         }
@@ -166,7 +182,8 @@ async fn idle_expiry_remembers_uses_after_the_cache_entry_ends(store: Arc<dyn Se
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     clock.advance(Duration::from_secs(4));
     assert!(valid(&manager, &token).await);
@@ -190,14 +207,26 @@ async fn the_session_limit_evicts_the_least_recently_used_not_the_one_in_use(
     );
     let manager = SessionManager::from_arc(store, config).unwrap();
     let user = Uuid::now_v7();
-    let (s1, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (s1, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     clock.advance(Duration::from_millis(500));
-    let (s2, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (s2, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     for _ in 0..10 {
         clock.advance(Duration::from_millis(200));
         assert!(valid(&manager, &s1.expose()).await);
     }
-    let (s3, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (s3, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(
         valid(&manager, &s1.expose()).await,
         "the session in use stays"
@@ -215,11 +244,13 @@ async fn a_failed_lookup_and_a_clock_step_block_no_other_token(store: Arc<dyn Se
     let (mine, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let (other, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     probe.fail(true);
     assert!(manager.validate(&mine.expose()).await.is_err());
     probe.fail(false);
@@ -231,7 +262,8 @@ async fn a_failed_lookup_and_a_clock_step_block_no_other_token(store: Arc<dyn Se
     let (fresh, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     assert!(
         valid(&manager, &fresh.expose()).await,
         "a fresh sign-in works"
@@ -251,7 +283,8 @@ async fn unknown_tokens_are_remembered_apart_from_sessions(store: Arc<dyn Sessio
     let (real, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let real = real.expose();
     // A store shared by instances serves from memory once its invalidation feed holds a lease.
     let cached = common::eventually(Duration::from_secs(10), async || {

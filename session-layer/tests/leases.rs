@@ -3,6 +3,8 @@
 //! call returns, no instance accepts the token, whether the others are healthy, partitioned
 //! from the channel, leaving or gone.
 
+#![cfg(any(feature = "postgres", feature = "redis"))]
+
 mod common;
 
 use std::sync::Arc;
@@ -47,7 +49,7 @@ fn hammer(
 /// Revokes on A while B and C hammer the token; returns how long the revoking call took.
 async fn revoke_under_fire(a: &SessionManager, others: &[SessionManager]) -> Duration {
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = Arc::new(token.expose());
     for other in others {
         common::cached_on(other, &token).await;
@@ -114,7 +116,7 @@ async fn a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_ref
     let b = cluster.instance(lease, Via::ListenThrough(&relay)).await;
 
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     common::cached_on(&b, &token).await;
     // A has heard B's heartbeats: B counts as live.
@@ -141,7 +143,7 @@ async fn a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_ref
     }
     // Once the partition heals, B trusts its cache again.
     relay.frozen.send_replace(false);
-    let (other, _) = a.create(NewSession::new(user)).await.unwrap();
+    let (other, _) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     common::cached_on(&b, &other.expose()).await;
 }
 
@@ -156,7 +158,11 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease(
 
     // C leaves cleanly: dropping its manager says goodbye.
     let c = cluster.instance(lease, Via::Direct).await;
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     common::cached_on(&c, &token.expose()).await;
     drop(c);
     tokio::time::sleep(lease / 2).await;
@@ -166,7 +172,11 @@ async fn instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease(
     // D crashes: every connection it has drops at once, no goodbye.
     let relay = Relay::start(cluster.port()).await;
     let d = cluster.instance(lease, Via::AllThrough(&relay)).await;
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     common::cached_on(&d, &token.expose()).await;
     relay.kill();
     // A crash leaves nothing behind: new connections through the relay die too.
@@ -190,7 +200,7 @@ async fn a_fresh_revoker_does_not_trust_a_peer_list_it_has_not_heard_in_full(
     let b = cluster.instance(lease, Via::Direct).await;
     for _ in 0..8 {
         let user = Uuid::now_v7();
-        let (token, session) = b.create(NewSession::new(user)).await.unwrap();
+        let (token, session) = b.create(NewSession::new(user)).await.unwrap().into_parts();
         let token = token.expose();
         common::cached_on(&b, &token).await;
         // A deploy whose first request is a sign-out.
@@ -222,7 +232,7 @@ async fn a_repeated_revoke_all_waits_like_the_first(cluster: impl Cluster) {
     let b = cluster.instance(lease, Via::ListenThrough(&relay)).await;
     tokio::time::sleep(lease + lease / 4).await;
     let user = Uuid::now_v7();
-    let (token, _) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, _) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     common::cached_on(&b, &token).await;
     relay.frozen.send_replace(true);
@@ -248,6 +258,7 @@ macro_rules! on_every_cluster {
     ($($scenario:ident),* $(,)?) => {
         $(
             mod $scenario {
+                #[cfg(feature = "postgres")]
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
                     super::$scenario(super::common::cluster::Postgres::new()).await;

@@ -62,7 +62,8 @@ async fn random_and_mutated_credentials_never_crash_or_5xx() {
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let valid = token.expose();
     let app = Router::new()
         .route("/", get(|_: CurrentSession| async { "ok" }))

@@ -55,7 +55,11 @@ async fn counters_report_hits_misses_queries_revocations_and_errors() {
     let probe = common::ProbeStore::new(common::memory());
     let manager = SessionManager::from_arc(probe.clone(), SessionConfig::default()).unwrap();
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
 
     for _ in 0..3 {

@@ -1,6 +1,8 @@
 //! Several instances on one PostgreSQL database: revocations cross instances, a lost
 //! notification connection empties the cache, and a database outage fails closed.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::sync::Arc;
@@ -24,7 +26,7 @@ async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
         RevocationReason::RevokedByUser,
         RevocationReason::PasswordReset,
     ] {
-        let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+        let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
         let token = token.expose();
         common::cached_on(&b, &token).await;
         match reason {
@@ -47,11 +49,15 @@ async fn revocation_on_one_instance_is_refused_by_another_that_cached_it() {
 async fn rotation_on_one_instance_kills_the_old_token_on_another() {
     let url = test_support::postgres_database();
     let (a, b) = (instance(&url).await, instance(&url).await);
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     let old = token.expose();
     common::cached_on(&b, &old).await;
     let current = a.validate(&old).await.unwrap().unwrap();
-    let (new, _) = a.rotate(&current).await.unwrap();
+    let (new, _) = a.rotate(&current).await.unwrap().into_parts();
     let refused = common::eventually(Duration::from_secs(2), async || {
         b.validate(&old).await.unwrap().is_none()
     })
@@ -66,7 +72,11 @@ async fn lost_notification_connection_empties_the_cache() {
     let url = test_support::postgres_database();
     let manager = instance(&url).await;
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     common::cached_on(&manager, &token).await;
 
@@ -114,7 +124,8 @@ async fn database_outage_under_load_fails_closed_and_recovers() {
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     common::cached_on(&manager, &token).await;
 

@@ -1,6 +1,8 @@
 //! Leases and acknowledgements in situations only PostgreSQL makes (a commit that stalls, a
 //! bulk revocation from outside); the suite every feed runs is `leases.rs`.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::time::Duration;
@@ -49,7 +51,7 @@ async fn a_slow_commit_does_not_shorten_the_wait_for_a_partitioned_peer() {
     .unwrap();
     tokio::time::sleep(lease + lease / 4).await;
     let user = Uuid::now_v7();
-    let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let token = token.expose();
     common::cached_on(&b, &token).await;
     let revoking = {
@@ -97,7 +99,11 @@ async fn a_sibling_manager_on_the_same_store_drops_the_token_before_revoke_retur
     .await
     .unwrap();
     let user = Uuid::now_v7();
-    let (token, session) = first.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = first
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     common::cached_on(&sibling, &token).await;
     // Past a lease of listening, the revoker knows its peers and would not wait out the lease.

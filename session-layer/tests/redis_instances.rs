@@ -38,7 +38,7 @@ async fn revocation_on_one_instance_is_refused_at_once_by_another_that_cached_it
         RevocationReason::RevokedByUser,
         RevocationReason::PasswordReset,
     ] {
-        let (token, session) = a.create(NewSession::new(user)).await.unwrap();
+        let (token, session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
         let token = token.expose();
         common::cached_on(&b, &token).await;
         match reason {
@@ -59,11 +59,15 @@ async fn revocation_on_one_instance_is_refused_at_once_by_another_that_cached_it
 async fn rotation_on_one_instance_kills_the_old_token_on_another() {
     let (a, b) = pair(&test_support::redis_server().url()).await;
     let (a, b) = (instance(a).await, instance(b).await);
-    let (token, _) = a.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (token, _) = a
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     let old = token.expose();
     common::cached_on(&b, &old).await;
     let current = a.validate(&old).await.unwrap().unwrap();
-    let (new, _) = a.rotate(&current).await.unwrap();
+    let (new, _) = a.rotate(&current).await.unwrap().into_parts();
     assert!(
         b.validate(&old).await.unwrap().is_none(),
         "instance B accepted a rotated-out token after the rotation returned"
@@ -80,7 +84,11 @@ async fn lost_pubsub_connection_empties_the_cache() {
     let prefix = store.prefix().to_owned();
     let manager = instance(store).await;
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     common::cached_on(&manager, &token).await;
 
@@ -132,8 +140,8 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
         instance(b.with_lease(lease)).await,
     );
     let user = Uuid::now_v7();
-    let (kept, _) = a.create(NewSession::new(user)).await.unwrap();
-    let (revoked, revoked_session) = a.create(NewSession::new(user)).await.unwrap();
+    let (kept, _) = a.create(NewSession::new(user)).await.unwrap().into_parts();
+    let (revoked, revoked_session) = a.create(NewSession::new(user)).await.unwrap().into_parts();
     let (kept, revoked) = (kept.expose(), revoked.expose());
     common::cached_on(&b, &kept).await;
     common::cached_on(&b, &revoked).await;
@@ -207,7 +215,11 @@ async fn applications_under_other_prefixes_never_see_each_others_sessions() {
     let one = instance(common::redis_store_on::<Uuid>(&url).await).await;
     let other = instance(common::redis_store_on::<Uuid>(&url).await).await;
     let user = Uuid::now_v7();
-    let (token, _) = one.create(NewSession::new(user)).await.unwrap();
+    let (token, _) = one
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(one.validate(&token.expose()).await.unwrap().is_some());
     assert!(other.validate(&token.expose()).await.unwrap().is_none());
     assert!(other.list(user).await.unwrap().is_empty());

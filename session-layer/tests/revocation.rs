@@ -19,7 +19,11 @@ fn manager_over(store: Arc<dyn SessionStore>) -> SessionManager {
 async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn SessionStore>) {
     let manager = manager_over(store);
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = Arc::new(token.expose());
     let revoked = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,7 +95,11 @@ async fn load_in_flight_during_revocation_cannot_recache_the_session() {
     let probe = common::ProbeStore::new(common::memory());
     let manager = manager_over(probe.clone());
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
 
     probe.pause_lookups();
@@ -135,7 +143,8 @@ async fn concurrent_misses_for_one_token_make_one_store_query() {
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = Arc::new(token.expose());
     let requests: Vec<_> = (0..1000)
         .map(|_| {
@@ -152,7 +161,11 @@ async fn concurrent_misses_for_one_token_make_one_store_query() {
 async fn rotation_race_has_one_winner_and_reuse_revokes_the_session(store: Arc<dyn SessionStore>) {
     let manager = manager_over(store);
     let user = Uuid::now_v7();
-    let (token, session) = manager.create(NewSession::new(user)).await.unwrap();
+    let (token, session) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let old = token.expose();
     let current = manager.validate(&old).await.unwrap().unwrap();
 
@@ -164,7 +177,11 @@ async fn rotation_race_has_one_winner_and_reuse_revokes_the_session(store: Arc<d
         .collect();
     let mut new_tokens = Vec::new();
     for attempt in attempts {
-        match attempt.await.unwrap() {
+        match attempt
+            .await
+            .unwrap()
+            .map(session_layer::IssuedSession::into_parts)
+        {
             Ok((token, rotated)) => {
                 assert_eq!(rotated.id, session.id);
                 assert_eq!(rotated.expires_at, session.expires_at);
@@ -195,13 +212,25 @@ async fn session_limit_eviction_is_refused_even_when_cached() {
         .unwrap();
     let manager = SessionManager::new(session_layer::MemoryStore::new(), config).unwrap();
     let user = Uuid::now_v7();
-    let (first, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (first, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     let first = first.expose();
     assert!(manager.validate(&first).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let (second, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (second, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let (third, _) = manager.create(NewSession::new(user)).await.unwrap();
+    let (third, _) = manager
+        .create(NewSession::new(user))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(manager.validate(&first).await.unwrap().is_none());
     assert!(manager.validate(&second.expose()).await.unwrap().is_some());
     assert!(manager.validate(&third.expose()).await.unwrap().is_some());
@@ -219,6 +248,7 @@ async fn revoke_others_keeps_only_the_current_session() {
                 .create(NewSession::new(user))
                 .await
                 .unwrap()
+                .into_parts()
                 .0
                 .expose(),
         );
@@ -260,7 +290,8 @@ async fn requests_queued_behind_a_failed_lookup_share_its_failure() {
     let (token, _) = manager
         .create(NewSession::new(Uuid::now_v7()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let token = Arc::new(token.expose());
     probe.fail(true);
     probe.pause_lookups();

@@ -553,18 +553,27 @@ macro_rules! store_suite {
 }
 
 store_suite!(memory, async { common::memory() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite, common::sqlite());
+#[cfg(feature = "postgres")]
 store_suite!(postgres, common::postgres());
 // The application's own id types, in columns of the matching SQL type.
 store_suite!(memory_i64, async { common::memory_as::<i64>() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite_i64, common::sqlite_as::<i64>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_i64, common::postgres_as::<i64>());
 store_suite!(memory_text, async { common::memory_as::<String>() });
+#[cfg(feature = "sqlite")]
 store_suite!(sqlite_text, common::sqlite_as::<String>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_text, common::postgres_as::<String>());
 // Row-level security: the store as the application's role, which sees one user per transaction.
+#[cfg(feature = "postgres")]
 store_suite!(postgres_rls, common::postgres_rls_as::<Uuid>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_rls_i64, common::postgres_rls_as::<i64>());
+#[cfg(feature = "postgres")]
 store_suite!(postgres_rls_text, common::postgres_rls_as::<String>());
 #[cfg(feature = "redis")]
 store_suite!(redis, common::redis());

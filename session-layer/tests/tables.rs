@@ -1,14 +1,19 @@
 //! Fitting the application's database: configurable schema and table names that keep two
 //! configurations apart, and the foreign key to the application's users with its cascade.
 
+#![cfg(any(feature = "sqlite", feature = "postgres"))]
+
 mod common;
 
+#[cfg(feature = "postgres")]
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+use session_layer::PostgresStore;
+#[cfg(feature = "sqlite")]
+use session_layer::SqliteStore;
 use session_layer::store::Tables;
-use session_layer::{
-    NewSession, PostgresStore, RevocationReason, SessionConfig, SessionManager, SqliteStore,
-};
+use session_layer::{NewSession, RevocationReason, SessionConfig, SessionManager};
 use uuid::Uuid;
 
 async fn valid<U: session_layer::UserId>(manager: &SessionManager<U>, token: &str) -> bool {
@@ -18,6 +23,7 @@ async fn valid<U: session_layer::UserId>(manager: &SessionManager<U>, token: &st
 /// Two applications on one PostgreSQL database: the default tables, and `auth.user_sessions`
 /// with `BIGINT` user ids. Neither sees the other's sessions, and their notification channels
 /// are apart (a revocation in one waits for nobody in the other).
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_configurations_on_one_postgres_database_do_not_collide() {
     let url = test_support::postgres_database();
@@ -66,8 +72,16 @@ async fn two_configurations_on_one_postgres_database_do_not_collide() {
 
     let plain = SessionManager::new(plain, SessionConfig::default()).unwrap();
     let auth = SessionManager::new(auth, SessionConfig::default()).unwrap();
-    let (a, _) = plain.create(NewSession::new(Uuid::now_v7())).await.unwrap();
-    let (b, b_session) = auth.create(NewSession::new(42_i64)).await.unwrap();
+    let (a, _) = plain
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
+    let (b, b_session) = auth
+        .create(NewSession::new(42_i64))
+        .await
+        .unwrap()
+        .into_parts();
     assert!(valid(&plain, &a.expose()).await);
     assert!(!valid(&plain, &b.expose()).await, "another app's token");
     assert!(valid(&auth, &b.expose()).await);
@@ -78,6 +92,7 @@ async fn two_configurations_on_one_postgres_database_do_not_collide() {
     assert!(valid(&plain, &a.expose()).await);
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_prefixes_on_one_sqlite_file_do_not_collide() {
     let url = test_support::sqlite_database("shared");
@@ -89,11 +104,16 @@ async fn two_prefixes_on_one_sqlite_file_do_not_collide() {
     other.migrate().await.unwrap();
     let plain = SessionManager::new(plain, SessionConfig::default()).unwrap();
     let other = SessionManager::new(other, SessionConfig::default()).unwrap();
-    let (a, _) = plain.create(NewSession::new(Uuid::now_v7())).await.unwrap();
+    let (a, _) = plain
+        .create(NewSession::new(Uuid::now_v7()))
+        .await
+        .unwrap()
+        .into_parts();
     let (b, _) = other
         .create(NewSession::new("alice@example.com".to_owned()))
         .await
-        .unwrap();
+        .unwrap()
+        .into_parts();
     assert!(valid(&plain, &a.expose()).await);
     assert!(valid(&other, &b.expose()).await);
     assert!(!valid(&other, &a.expose()).await);
@@ -105,6 +125,7 @@ async fn two_prefixes_on_one_sqlite_file_do_not_collide() {
 
 /// Deleting a user deletes their sessions (`ON DELETE CASCADE`), and every instance's cache
 /// drops them: the database announces the deleted rows.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_deletes_their_sessions_on_postgres_and_no_cache_serves_them() {
     let url = test_support::postgres_database();
@@ -127,7 +148,7 @@ async fn deleting_a_user_deletes_their_sessions_on_postgres_and_no_cache_serves_
         .execute(&admin)
         .await
         .unwrap();
-    let (token, _) = a.create(NewSession::new(7_i64)).await.unwrap();
+    let (token, _) = a.create(NewSession::new(7_i64)).await.unwrap().into_parts();
     let token = token.expose();
     let cached = common::eventually(Duration::from_secs(10), async || {
         assert!(valid(&b, &token).await);
@@ -155,6 +176,7 @@ async fn deleting_a_user_deletes_their_sessions_on_postgres_and_no_cache_serves_
 
 /// SQLite: the cascade deletes the rows; revoking first cuts the one instance's cache off at
 /// once, as the documentation advises.
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_deletes_their_sessions_on_sqlite() {
     let url = test_support::sqlite_database("fk");
@@ -180,7 +202,11 @@ async fn deleting_a_user_deletes_their_sessions_on_sqlite() {
         .execute(&pool)
         .await
         .unwrap();
-    let (token, _) = manager.create(NewSession::new(user.clone())).await.unwrap();
+    let (token, _) = manager
+        .create(NewSession::new(user.clone()))
+        .await
+        .unwrap()
+        .into_parts();
     let token = token.expose();
     assert!(valid(&manager, &token).await);
     manager
@@ -203,6 +229,7 @@ async fn deleting_a_user_deletes_their_sessions_on_sqlite() {
 /// A failed migration (here: the referenced users table does not exist yet) must not leave
 /// sqlx's migration lock behind: the next `migrate`, on this store or another instance's,
 /// proceeds instead of waiting forever.
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_migration_does_not_block_the_next_one() {
     let url = test_support::postgres_database();

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use session_layer::{
-    CurrentSession, NewSession, RevocationReason, SessionToken, TokenHash, Transport,
+    CurrentSession, IssuedSession, NewSession, RevocationReason, TokenHash, Transport,
 };
 use uuid::Uuid;
 
@@ -133,8 +133,8 @@ pub(crate) async fn login(
         .ip_address(client_ip)
         .device_name(body.device_name.as_deref())
         .fence(fence);
-    let (token, session) = match state.sessions.create(new).await {
-        Ok(created) => created,
+    let issued = match state.sessions.create(new).await {
+        Ok(issued) => issued,
         // The password was changed or reset while this login checked it: the one it proved
         // may be the old one.
         Err(session_layer::Error::Fenced) => {
@@ -143,13 +143,8 @@ pub(crate) async fn login(
         }
         Err(other) => return Err(other.into()),
     };
-    tracing::info!(%user_id, session_id = %session.id, "signed in");
-    Ok(issue(
-        &state,
-        token,
-        SessionView::new_signed_in(session),
-        body.transport == RequestedTransport::Bearer,
-    ))
+    tracing::info!(%user_id, session_id = %issued.session().id, "signed in");
+    Ok(issue(issued, body.transport == RequestedTransport::Bearer))
 }
 
 /// The user and the fence read before the hash when `password` is the account's, `None` when
@@ -178,26 +173,12 @@ async fn check_password(
 }
 
 /// The answer that hands a token over: a cookie, or the token in the body for bearer clients.
-fn issue(state: &AppState, token: SessionToken, view: SessionView, bearer: bool) -> Response {
+fn issue(issued: IssuedSession, bearer: bool) -> Response {
+    let view = SessionView::issued(issued.session());
     if bearer {
-        return Json(json!({ "session": view, "token": token.expose() })).into_response();
-    }
-    let cookie = state
-        .sessions
-        .config()
-        .cookie()
-        .session_cookie(&token, view.expires_at());
-    with_cookie(Json(json!({ "session": view })).into_response(), &cookie)
-}
-
-fn with_cookie(mut response: Response, cookie: &session_layer::cookie::Cookie<'_>) -> Response {
-    match HeaderValue::from_str(&cookie.to_string()) {
-        Ok(value) => {
-            response.headers_mut().append(header::SET_COOKIE, value);
-            response
-        }
-        // Unreachable with base64url tokens and fixed attributes; never answer without it.
-        Err(_) => ApiError::Unavailable.into_response(),
+        Json(json!({ "session": view, "token": issued.token().expose() })).into_response()
+    } else {
+        (issued, Json(json!({ "session": view }))).into_response()
     }
 }
 
@@ -206,27 +187,10 @@ pub(crate) async fn logout(
     State(state): State<AppState>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
-    match state
-        .sessions
-        .revoke(
-            current.user_id(),
-            current.session_id(),
-            RevocationReason::Logout,
-        )
-        .await
-    {
-        // Revoked meanwhile (another device, reuse detection): the outcome is the same.
-        Ok(()) | Err(session_layer::Error::SessionNotFound) => {}
-        Err(other) => return Err(other.into()),
-    }
-    tracing::info!(session_id = %current.session_id(), "signed out");
-    let response = StatusCode::NO_CONTENT.into_response();
-    Ok(match current.transport() {
-        Transport::Cookie => {
-            with_cookie(response, &state.sessions.config().cookie().removal_cookie())
-        }
-        Transport::Bearer => response,
-    })
+    // A session revoked meanwhile (another device, reuse detection) counts as signed out.
+    let signed_out = state.sessions.logout(&current).await?;
+    tracing::info!(session_id = %signed_out.session_id(), "signed out");
+    Ok((signed_out, StatusCode::NO_CONTENT).into_response())
 }
 
 /// `POST /api/auth/refresh` → the session with a new token, delivered the way it came.
@@ -236,12 +200,7 @@ pub(crate) async fn refresh(
 ) -> Result<Response, ApiError> {
     let bearer = current.transport() == Transport::Bearer;
     match state.sessions.rotate(&current).await {
-        Ok((token, session)) => Ok(issue(
-            &state,
-            token,
-            SessionView::new(session, &current),
-            bearer,
-        )),
+        Ok(issued) => Ok(issue(issued, bearer)),
         // Another rotation won or the session ended: the presented token is dead.
         Err(session_layer::Error::RotationConflict) => Ok(current.rejection().into_response()),
         Err(other) => Err(other.into()),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use serde::Serialize;
-use session_layer::{CurrentSession, Session, SessionManager};
+use session_layer::{ListedSession, Session, SessionManager};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -65,25 +65,17 @@ pub(crate) struct SessionView {
 }
 
 impl SessionView {
-    /// `session` seen from the request authenticated by `current`.
-    pub(crate) fn new(session: Session, current: &CurrentSession) -> Self {
-        let is_current = session.id == current.session_id();
-        // The stored value is coarse; this process knows the current session's latest use.
-        let last_active_at = if is_current {
-            session.last_active_at.max(current.last_active_at())
-        } else {
-            session.last_active_at
-        };
-        Self::with_activity(session, last_active_at, is_current)
+    /// A session of the caller's list.
+    pub(crate) fn listed(listed: ListedSession) -> Self {
+        Self::of(listed.session, listed.current)
     }
 
-    /// A session just created by this request (it is the current one).
-    pub(crate) fn new_signed_in(session: Session) -> Self {
-        let last_active_at = session.last_active_at;
-        Self::with_activity(session, last_active_at, true)
+    /// The session that a sign-in or a refresh just issued to the caller.
+    pub(crate) fn issued(session: &Session) -> Self {
+        Self::of(session.clone(), true)
     }
 
-    fn with_activity(session: Session, last_active_at: OffsetDateTime, current: bool) -> Self {
+    fn of(session: Session, current: bool) -> Self {
         Self {
             id: session.id,
             device: session.device,
@@ -91,23 +83,9 @@ impl SessionView {
             device_name: session.device_name,
             ip_address: session.ip_address,
             created_at: session.created_at,
-            last_active_at,
+            last_active_at: session.last_active_at,
             expires_at: session.expires_at,
             current,
         }
-    }
-
-    /// Most recently active first; on a tie the newer session (larger v7 id) first.
-    pub(crate) fn sort(views: &mut [Self]) {
-        views.sort_by(|a, b| {
-            b.last_active_at
-                .cmp(&a.last_active_at)
-                .then_with(|| b.id.cmp(&a.id))
-        });
-    }
-
-    /// End of the absolute lifetime (the cookie lives as long).
-    pub(crate) fn expires_at(&self) -> OffsetDateTime {
-        self.expires_at
     }
 }

@@ -19,19 +19,16 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
-    let sessions = state.sessions.list(current.user_id()).await?;
+    // Most recently active first, the caller's marked, each with its most recent use known.
+    let sessions = state.sessions.list_for(&current).await?;
     let new_locations: serde_json::Map<String, serde_json::Value> = sessions
         .iter()
-        .filter_map(|session| {
-            let ip = state.locations.of(session)?;
-            Some((session.id.to_string(), json!(ip)))
+        .filter_map(|listed| {
+            let ip = state.locations.of(&listed.session)?;
+            Some((listed.session.id.to_string(), json!(ip)))
         })
         .collect();
-    let mut views: Vec<SessionView> = sessions
-        .into_iter()
-        .map(|session| SessionView::new(session, &current))
-        .collect();
-    SessionView::sort(&mut views);
+    let views: Vec<SessionView> = sessions.into_iter().map(SessionView::listed).collect();
     Ok(Json(json!({ "sessions": views, "new_locations": new_locations })).into_response())
 }
 

@@ -78,7 +78,7 @@ where
 impl<S, ReqBody, ResBody, U> Future for ResponseFuture<S, ReqBody, U>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    U: Clone + Send + Sync + 'static,
+    U: crate::UserId,
 {
     type Output = Result<Response<ResBody>, S::Error>;
 

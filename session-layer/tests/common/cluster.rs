@@ -32,10 +32,12 @@ fn manager(store: impl session_layer::SessionStore) -> SessionManager {
 }
 
 /// A fresh database on the shared PostgreSQL server.
+#[cfg(feature = "postgres")]
 pub struct Postgres {
     url: String,
 }
 
+#[cfg(feature = "postgres")]
 impl Postgres {
     pub fn new() -> Self {
         Self {
@@ -48,6 +50,7 @@ impl Postgres {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Cluster for Postgres {
     async fn instance(&self, lease: Duration, via: Via<'_>) -> SessionManager {
         let store = match via {

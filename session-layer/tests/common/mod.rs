@@ -6,16 +6,25 @@
 pub mod cluster;
 pub mod logs;
 pub mod relay;
+#[cfg(feature = "postgres")]
+mod rls;
+
+#[cfg(feature = "postgres")]
+#[allow(unused_imports)] // each test binary uses a part
+pub use rls::*;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+#[cfg(feature = "postgres")]
+use session_layer::PostgresStore;
+#[cfg(feature = "sqlite")]
+use session_layer::SqliteStore;
 use session_layer::store::{FoundSession, Inserted, Invalidation, Liveness, SessionInsert};
 use session_layer::{
-    Fence, MemoryStore, PostgresStore, RevocationReason, Session, SessionStore, SqliteStore,
-    StoreError, TokenHash, UserId,
+    Fence, MemoryStore, RevocationReason, Session, SessionStore, StoreError, TokenHash, UserId,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
@@ -52,6 +61,7 @@ pub fn memory_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(MemoryStore::<U>::default())
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     let store = SqliteStore::connect_with(
         &test_support::sqlite_database("sessions"),
@@ -63,6 +73,7 @@ pub async fn sqlite_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     Arc::new(store)
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
     let store = PostgresStore::connect_with(
         &test_support::postgres_database(),
@@ -97,10 +108,12 @@ pub fn memory() -> Arc<dyn SessionStore> {
     Arc::new(MemoryStore::new())
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite() -> Arc<dyn SessionStore> {
     Arc::new(sqlite_store().await)
 }
 
+#[cfg(feature = "sqlite")]
 pub async fn sqlite_store() -> SqliteStore {
     let store = SqliteStore::connect(&test_support::sqlite_database("sessions"))
         .await
@@ -109,10 +122,12 @@ pub async fn sqlite_store() -> SqliteStore {
     store
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres() -> Arc<dyn SessionStore> {
     Arc::new(postgres_store(&test_support::postgres_database()).await)
 }
 
+#[cfg(feature = "postgres")]
 pub async fn postgres_store(url: &str) -> PostgresStore {
     let store = PostgresStore::connect(url)
         .await
@@ -382,11 +397,13 @@ macro_rules! on_every_store {
                         $scenario(common::memory()).await;
                     }
 
+                    #[cfg(feature = "sqlite")]
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn sqlite() {
                         $scenario(common::sqlite().await).await;
                     }
 
+                    #[cfg(feature = "postgres")]
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                     async fn postgres() {
                         $scenario(common::postgres().await).await;
@@ -401,125 +418,6 @@ macro_rules! on_every_store {
             )*
         }
     };
-}
-
-/// A database with row-level security set up as `Tables::row_level_security` documents: a
-/// definer role, an owner role that migrates, and the application's role that serves.
-pub struct RlsDatabase<U: UserId> {
-    /// The store as the application's role.
-    pub app: PostgresStore<U>,
-    /// The application's role's URL, for raw SQL.
-    pub app_url: String,
-    /// The tables' owner's URL.
-    pub owner_url: String,
-    /// The superuser's URL of the database.
-    pub admin_url: String,
-    /// The definer role's name.
-    pub definer: String,
-    /// The application role's name.
-    pub app_role: String,
-}
-
-/// `url` with `user:password` as its credentials.
-pub fn url_as(url: &str, user: &str, password: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}:{password}@{host}")
-}
-
-/// Sessions in schema `auth` with row-level security, for user ids `U`.
-pub async fn postgres_rls<U: UserId>() -> RlsDatabase<U> {
-    postgres_rls_with(Some("auth"), None)
-        .await
-        .expect("migrate as the owner")
-}
-
-/// Row-level security in `schema` (none: refused by `Tables`), with a foreign key to
-/// `public.app_users (id)` (created here, UUID ids) when `references` is set. Fails with the
-/// migration's error.
-pub async fn postgres_rls_with<U: UserId>(
-    schema: Option<&str>,
-    references: Option<()>,
-) -> Result<RlsDatabase<U>, String> {
-    postgres_rls_on(test_support::postgres_database(), schema, references).await
-}
-
-/// [`postgres_rls_with`] in the database of `admin_url` (a superuser's URL).
-pub async fn postgres_rls_on<U: UserId>(
-    admin_url: String,
-    schema: Option<&str>,
-    references: Option<()>,
-) -> Result<RlsDatabase<U>, String> {
-    let suffix = &Uuid::now_v7().simple().to_string()[20..];
-    let (definer, owner, app) = (
-        format!("definer_{suffix}"),
-        format!("owner_{suffix}"),
-        format!("app_{suffix}"),
-    );
-    let database = admin_url.rsplit('/').next().expect("a database name");
-    let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect");
-    let mut setup = vec![
-        format!("CREATE ROLE {definer} NOLOGIN"),
-        format!("CREATE ROLE {owner} LOGIN NOINHERIT PASSWORD 'owner-pw'"),
-        format!("GRANT {definer} TO {owner}"),
-        format!("CREATE ROLE {app} LOGIN PASSWORD 'app-pw'"),
-        format!("REVOKE CREATE ON DATABASE {database} FROM PUBLIC"),
-    ];
-    if let Some(schema) = schema {
-        // A schema made for the owner: it needs no CREATE on the database.
-        setup.push(format!("CREATE SCHEMA {schema} AUTHORIZATION {owner}"));
-    }
-    if references.is_some() {
-        setup.extend([
-            "CREATE TABLE public.app_users (id UUID PRIMARY KEY)".to_owned(),
-            format!("GRANT REFERENCES ON public.app_users TO {owner}"),
-            format!("GRANT SELECT, INSERT, DELETE ON public.app_users TO {app}"),
-        ]);
-    }
-    for statement in setup {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&admin)
-            .await
-            .expect("set up roles");
-    }
-    admin.close().await;
-    let tables = || {
-        let tables = session_layer::store::Tables::new()
-            .user_id::<U>()
-            .row_level_security(&definer, &app);
-        let tables = match references {
-            Some(()) => tables.references("public.app_users", "id"),
-            None => tables,
-        };
-        match schema {
-            Some(schema) => tables.schema(schema),
-            None => tables,
-        }
-    };
-    let owner_url = url_as(&admin_url, &owner, "owner-pw");
-    let owner_store = PostgresStore::connect_with(&owner_url, tables())
-        .await
-        .map_err(|e| e.to_string())?;
-    let migrated = owner_store.migrate().await.map_err(|e| e.to_string());
-    owner_store.pool().close().await;
-    migrated?;
-    let app_url = url_as(&admin_url, &app, "app-pw");
-    let app_store = PostgresStore::connect_with(&app_url, tables())
-        .await
-        .expect("connect as the app");
-    Ok(RlsDatabase {
-        app: app_store,
-        app_url,
-        owner_url,
-        admin_url,
-        definer,
-        app_role: app,
-    })
-}
-
-/// The application's role's store over [`postgres_rls`].
-pub async fn postgres_rls_as<U: UserId>() -> Arc<dyn SessionStore<U>> {
-    Arc::new(postgres_rls::<U>().await.app)
 }
 
 /// Registers an anomaly hook on `manager` that records every change and lets the request on.
