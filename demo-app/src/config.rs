@@ -56,7 +56,7 @@ pub struct AppConfig {
     pub database_url: String,
     /// Which of the two `database_url` is.
     pub database: Database,
-    /// `redis://…` (or `rediss://…`): where the sessions live instead of `database_url`.
+    /// `redis://…` or `redis+unix://…`: where the sessions live instead of `database_url`.
     pub session_store_url: Option<String>,
     /// Where `main` listens (the tests bind their own listener instead).
     pub bind_addr: SocketAddr,
@@ -117,12 +117,13 @@ impl AppConfig {
         })?;
         let session_store_url = get("SESSION_STORE_URL");
         if let Some(url) = &session_store_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !(url.starts_with("redis://") || url.starts_with("redis+unix://"))
         {
             return Err(invalid(
                 "SESSION_STORE_URL",
                 url,
-                "expected redis://… (or unset: sessions in DATABASE_URL)",
+                "expected redis://… or redis+unix://… (TLS, rediss://, is not supported), or \
+                 unset: sessions in DATABASE_URL",
             ));
         }
         let bind = get("BIND_ADDR").unwrap_or_else(|| DEFAULT_BIND_ADDR.to_owned());
@@ -208,8 +209,23 @@ fn parse_proxies(value: &str) -> Result<Vec<IpNet>, ConfigError> {
 fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         name,
-        value: value.to_owned(),
+        value: without_credentials(value),
         reason: reason.to_owned(),
+    }
+}
+
+/// `value` with the `user:password@` of a URL replaced by `…@`, for error messages.
+fn without_credentials(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => match rest
+            .split_once('/')
+            .map_or(rest, |(authority, _)| authority)
+            .rfind('@')
+        {
+            Some(at) => format!("{scheme}://…{}", &rest[at..]),
+            None => value.to_owned(),
+        },
+        None => value.to_owned(),
     }
 }
 
@@ -274,6 +290,26 @@ mod tests {
             let err = config(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn a_bad_url_is_reported_without_its_password_and_tls_is_refused_at_once() {
+        let err = config(&[("SESSION_STORE_URL", "rediss://app:hunter2@cache:6380/0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SESSION_STORE_URL") && err.contains("rediss"),
+            "{err}"
+        );
+        assert!(
+            err.contains("…@cache:6380/0") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = config(&[("DATABASE_URL", "mysql://root:hunter2@db/app")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(config(&[("SESSION_STORE_URL", "redis+unix:///run/redis.sock")]).is_ok());
     }
 
     #[test]

@@ -62,6 +62,7 @@ async fn run<U: UserId>(
     every: Duration,
 ) {
     let mut pending: HashMap<Uuid, i64> = HashMap::new();
+    let mut failing = 0_u64;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,35 +72,51 @@ async fn run<U: UserId>(
                     let slot = pending.entry(id).or_insert(at);
                     *slot = (*slot).max(at);
                     if pending.len() >= BATCH_LIMIT {
-                        write(&*store, &mut pending).await;
+                        write(&*store, &mut pending, &mut failing).await;
                     }
                 }
                 Some(Message::Flush(done)) => {
-                    write(&*store, &mut pending).await;
+                    write(&*store, &mut pending, &mut failing).await;
                     let _ = done.send(());
                 }
                 None => {
                     // Every sender is gone: the manager was dropped. Write what is left.
-                    write(&*store, &mut pending).await;
+                    write(&*store, &mut pending, &mut failing).await;
                     return;
                 }
             },
-            _ = tick.tick() => write(&*store, &mut pending).await,
+            _ = tick.tick() => write(&*store, &mut pending, &mut failing).await,
         }
     }
 }
 
-async fn write<U: UserId>(store: &dyn SessionStore<U>, pending: &mut HashMap<Uuid, i64>) {
+/// One warning per outage (`failing` counts the failed writes in a row), not one per tick.
+async fn write<U: UserId>(
+    store: &dyn SessionStore<U>,
+    pending: &mut HashMap<Uuid, i64>,
+    failing: &mut u64,
+) {
     if pending.is_empty() {
         return;
     }
     let batch: Vec<(Uuid, OffsetDateTime)> =
         pending.iter().map(|(id, at)| (*id, from_us(*at))).collect();
     match store.touch(&batch).await {
-        Ok(()) => pending.clear(),
+        Ok(()) => {
+            pending.clear();
+            if *failing > 0 {
+                tracing::info!(failed_writes = *failing, "recording session activity again");
+                *failing = 0;
+            }
+        }
         Err(error) => {
             ::metrics::counter!(metrics::STORE_ERRORS).increment(1);
-            tracing::warn!(%error, sessions = batch.len(), "could not record session activity; will retry");
+            if *failing == 0 {
+                tracing::warn!(%error, sessions = batch.len(), "could not record session activity; will retry quietly until it works");
+            } else {
+                tracing::debug!(%error, sessions = batch.len(), "could not record session activity");
+            }
+            *failing += 1;
             if pending.len() > PENDING_LIMIT {
                 pending.clear();
             }

@@ -92,7 +92,35 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 /// keeps (its two cleanup indexes still gain one small entry per session until cleanup runs:
 /// run it, e.g. with `SessionManager::spawn_cleanup`).
 /// Revocation is a soft delete, as in the SQL stores: a revoked session keeps its keys, so a
-/// revoked or rotated-out token is still recognised as such until cleanup.
+/// revoked or rotated-out token is still recognised as such until cleanup. Three keys carry no
+/// TTL: the two cleanup indexes; a user's index, which cleanup empties (Redis then deletes it),
+/// so that no eviction can hide a session from "sign out everywhere"; and a user's fence,
+/// which must outlive every session (one small key per user who ever changed a password or
+/// signed out everywhere).
+///
+/// # Server configuration
+///
+/// - `maxmemory-policy noeviction` (Redis's default); [`connect`](Self::connect) refuses any
+///   other. An evicted user index would let "sign out everywhere" miss sessions, an evicted
+///   rotated-out token key would no longer end its family. (Fences survive a lost key: each
+///   advance passes the server's clock.) Under `noeviction` a full server refuses writes:
+///   sign-ins and revocations fail (503) while validations go on.
+/// - Keys are the library's alone: a session deleted or changed by hand is seen by an
+///   instance that cached it only once its cache entry expires (`cache_ttl`). End sessions
+///   with the manager, which tells every instance.
+/// - ACL: the store runs `EVALSHA`/`EVAL`, `GET`, `PUBLISH` and `INFO memory` (at connect)
+///   on its connection and `SUBSCRIBE` on its channel. Its scripts name keys they build from their arguments, so
+///   Redis Cluster and key-routing proxies are not supported.
+///
+/// # Connections and outages
+///
+/// Each store (and its clones) holds two connections: one multiplexed connection for every
+/// command, and one subscribed to the channel. Connecting takes at most 1 s, a reply at most
+/// 2 s, with one retry; then the call fails with a [`StoreError`], and the manager answers
+/// 503 (fail closed) while the connection is re-established in the background. While the
+/// channel is down the instance serves nothing from its cache. A fresh instance's first
+/// revocation can wait up to one lease: it cannot yet know that no other instance is
+/// listening.
 ///
 /// # Atomicity
 ///
@@ -152,12 +180,17 @@ impl RedisStore {
     /// The key prefix of [`connect`](Self::connect).
     pub const DEFAULT_PREFIX: &str = "session-layer";
 
-    /// Connects to `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://` with TLS
-    /// support in the `redis` crate) with the default key prefix and [`Uuid`] user ids.
+    /// Connects to `url` (`redis://[user:password@]host[:port][/db]` or
+    /// `redis+unix:///path/to/socket[?db=N]`) with the default key prefix and [`Uuid`] user ids.
+    /// The server must be reachable now; later outages are survived (see the type's docs).
+    ///
+    /// `rediss://` (TLS) is refused: this crate builds the `redis` client without TLS. Keep
+    /// Redis on a private network, or put a local TLS tunnel in front of it.
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the URL is malformed or the server cannot be reached.
+    /// As [`connect_with`](RedisStore::connect_with). Messages name the server's address,
+    /// never its password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, Self::DEFAULT_PREFIX).await
     }
@@ -169,8 +202,9 @@ impl<U: UserId> RedisStore<U> {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when the prefix is not valid, the URL is malformed or the server cannot be
-    /// reached.
+    /// [`StoreError`] when the prefix is not valid, the URL is malformed or uses TLS, the server
+    /// cannot be reached, or its `maxmemory-policy` may evict keys (anything but
+    /// `noeviction`).
     pub async fn connect_with(url: &str, prefix: &str) -> Result<Self, StoreError> {
         const OP: &str = "connect to Redis";
         let valid = (1..=64).contains(&prefix.len())
@@ -184,6 +218,17 @@ impl<U: UserId> RedisStore<U> {
             ));
         }
         let client = redis::Client::open(url).map_err(|e| StoreError::new(OP, e))?;
+        let addr = client.get_connection_info().addr();
+        if matches!(addr, redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(StoreError::new(
+                OP,
+                "`rediss://` (TLS) is not supported by this build: use `redis://` on a private \
+                 network, or a local TLS tunnel (stunnel, a sidecar) in front of the server",
+            ));
+        }
+        // The address only: the URL may carry a password.
+        let unreachable =
+            |e: redis::RedisError| StoreError::new(OP, format!("Redis at {addr}: {e}"));
         // Fail fast while the server is down: the manager answers 503 (fail closed) rather
         // than holding requests, and the connection manager reconnects in the background.
         let config = ConnectionManagerConfig::new()
@@ -194,7 +239,8 @@ impl<U: UserId> RedisStore<U> {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| StoreError::new(OP, e))?;
+            .map_err(unreachable)?;
+        refuse_eviction(&mut conn.clone(), addr).await?;
         let prefix: Arc<str> = prefix.into();
         let channel = Channel::new(client, conn.clone(), format!("{prefix}:invalidate").into());
         Ok(Self {
@@ -282,6 +328,62 @@ impl<U: UserId> RedisStore<U> {
             self.feed.settle(ticket).await;
         }
     }
+    /// Settles the reply of a script that revokes (`{published count, revoked hashes, error}`):
+    /// waits for the other instances whenever it published anything, also when it failed
+    /// half-way (Redis keeps a script's writes, and the script announced what it revoked),
+    /// then reports the failure or the revoked hashes.
+    async fn settle_revoked(
+        &self,
+        ticket: Ticket<Channel>,
+        (published, revoked, failed): (String, Vec<String>, String),
+        operation: &'static str,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        self.settle(ticket, published != "0").await;
+        if !failed.is_empty() {
+            return Err(StoreError::new(
+                operation,
+                format!(
+                    "a script failed part-way ({failed}); what it revoked before stays revoked \
+                     and was announced to every instance: check the server's data"
+                ),
+            ));
+        }
+        hashes(&revoked, operation)
+    }
+}
+
+/// Refuses a server whose `maxmemory-policy` may evict keys: an evicted user index, fence or
+/// rotated-out token key would silently undo a revocation, a fence or reuse detection.
+async fn refuse_eviction(
+    conn: &mut ConnectionManager,
+    addr: &redis::ConnectionAddr,
+) -> Result<(), StoreError> {
+    let info: Result<String, _> = redis::cmd("INFO").arg("memory").query_async(conn).await;
+    let policy = match &info {
+        Ok(info) => info
+            .lines()
+            .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+            .map(str::trim),
+        Err(_) => None,
+    };
+    match policy {
+        Some("noeviction") => Ok(()),
+        Some(policy) => Err(StoreError::new(
+            "connect to Redis",
+            format!(
+                "Redis at {addr} has maxmemory-policy {policy}, which may evict the keys that \
+                 hold revocations, fences and rotated-out tokens: set it to noeviction"
+            ),
+        )),
+        None => {
+            tracing::warn!(
+                %addr,
+                "could not read the Redis server's maxmemory-policy (INFO memory): make sure it \
+                 is noeviction, or evicted keys may undo revocations"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn hashes(hex: &[String], operation: &'static str) -> Result<Vec<TokenHash>, StoreError> {
@@ -308,7 +410,7 @@ impl<U: UserId> SessionStore<U> for RedisStore<U> {
             None => (String::new(), String::new()),
         };
         let fields = codec::session_fields(s);
-        let reply: Vec<String> = self
+        let reply: (String, (String, Vec<String>, String)) = self
             .run(
                 &SCRIPTS.insert,
                 |inv| {
@@ -345,13 +447,12 @@ impl<U: UserId> SessionStore<U> for RedisStore<U> {
                 OP,
             )
             .await?;
-        match reply.split_first() {
-            Some((outcome, evicted)) if outcome == "created" => {
-                let evicted = hashes(evicted, OP)?;
-                self.settle(ticket, !evicted.is_empty()).await;
-                Ok(Inserted::Created { evicted })
-            }
-            Some((outcome, _)) if outcome == "fenced" => Ok(Inserted::Fenced),
+        let (outcome, revoked) = reply;
+        match outcome.as_str() {
+            "created" => Ok(Inserted::Created {
+                evicted: self.settle_revoked(ticket, revoked, OP).await?,
+            }),
+            "fenced" => Ok(Inserted::Fenced),
             _ => Err(StoreError::new(OP, Corrupt("insert reply"))),
         }
     }
@@ -387,6 +488,12 @@ impl<U: UserId> SessionStore<U> for RedisStore<U> {
         let matched = match kind.as_str() {
             "c" => TokenMatch::Current,
             "r" => TokenMatch::Retired,
+            "x" => {
+                return Err(StoreError::new(
+                    OP,
+                    Corrupt("token key out of step with its session"),
+                ));
+            }
             _ => return Err(StoreError::new(OP, Corrupt("token key"))),
         };
         Ok(Some(FoundSession {
@@ -500,8 +607,9 @@ impl<U: UserId> SessionStore<U> for RedisStore<U> {
         const OP: &str = "revoke a user's sessions";
         let mut ticket = self.feed.ticket();
         let (channel, header) = self.publishing(&mut ticket);
-        let recent = now - self.feed.lease() * 2;
-        let reply: Vec<String> = self
+        // "Moments ago", by the server's clock: two leases.
+        let recent = u64::try_from((self.feed.lease() * 2).as_micros()).unwrap_or(u64::MAX);
+        let reply: (String, Vec<String>, String) = self
             .run(
                 &SCRIPTS.revoke_all,
                 |inv| {
@@ -509,21 +617,16 @@ impl<U: UserId> SessionStore<U> for RedisStore<U> {
                         .arg(except.map(|id| id.to_string()).unwrap_or_default())
                         .arg(reason.as_str())
                         .arg(micros(now))
-                        .arg(micros(recent))
+                        .arg(recent)
                         .arg(channel)
                         .arg(header);
                 },
                 OP,
             )
             .await?;
-        let Some((published, revoked)) = reply.split_first() else {
-            return Err(StoreError::new(OP, Corrupt("revocation reply")));
-        };
-        let revoked = hashes(revoked, OP)?;
         // The script may have re-published sessions revoked moments ago even when it revoked
         // none itself: a repeated "sign out everywhere" waits for them too.
-        self.settle(ticket, published != "0").await;
-        Ok(revoked)
+        self.settle_revoked(ticket, reply, OP).await
     }
 
     async fn touch(&self, touches: &[(Uuid, OffsetDateTime)]) -> Result<(), StoreError> {
