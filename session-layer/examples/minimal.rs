@@ -2,12 +2,14 @@
 //!
 //! ```sh
 //! cargo run -p session-layer --example minimal
-//! curl -i -X POST localhost:3001/login                      # prints a bearer token
-//! curl -H "authorization: Bearer <token>" localhost:3001/me
+//! TOKEN=$(curl -s -X POST localhost:3001/login)           # a bearer token, as plain text
+//! curl -H "authorization: Bearer $TOKEN" localhost:3001/me
 //! ```
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header::USER_AGENT};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use session_layer::{
@@ -33,18 +35,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
-        .await?;
+    // The peer address feeds the device list's IP and the anomaly events.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
+    .await?;
     sessions.shutdown().await;
     Ok(())
 }
 
-/// A real app checks a password first; the example signs in a fresh user id.
-async fn login(State(sessions): State<SessionManager>) -> Result<Json<String>, StatusCode> {
-    let issued = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await;
+/// A real app checks a password first; the example signs in a fresh user id, recording the
+/// device ("curl", "Chrome on Windows") and the client address for the device list.
+async fn login(
+    State(sessions): State<SessionManager>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<String, StatusCode> {
+    let new = NewSession::new(uuid::Uuid::now_v7())
+        .user_agent(headers.get(USER_AGENT).and_then(|v| v.to_str().ok()))
+        .ip_address(sessions.client_ip(&headers, Some(peer.ip())));
+    let issued = sessions.create(new).await;
     let issued = issued.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    Ok(Json(issued.token().expose()))
+    Ok(issued.token().expose())
 }
 
 async fn revoke_others(

@@ -5,22 +5,23 @@
 //! export DATABASE_URL=postgres://localhost/sessions
 //! BIND_ADDR=127.0.0.1:3002 cargo run -p session-layer --example postgres &
 //! BIND_ADDR=127.0.0.1:3012 cargo run -p session-layer --example postgres &
-//! curl -c jar -X POST localhost:3002/login       # sets the cookie, prints the token too
+//! curl -c jar -X POST localhost:3002/login       # sets the cookie
 //! curl -b jar localhost:3012/sessions            # the other instance knows the session
 //! curl -b jar -X POST localhost:3012/logout      # clears the cookie
 //! curl -b jar -i localhost:3002/sessions         # 401 at once on the first instance
 //! ```
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header::USER_AGENT};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use session_layer::{
-    CookieConfig, CurrentSession, IssuedSession, NewSession, PostgresStore, SessionConfig,
-    SessionLayer, SessionManager, SignedOut,
+    CookieConfig, CrossSiteGuard, CurrentSession, IssuedSession, NewSession, PostgresStore,
+    SessionConfig, SessionLayer, SessionManager, SignedOut,
 };
 
 #[tokio::main]
@@ -41,27 +42,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/login", post(login))
         .route("/sessions", get(list))
         .route("/logout", post(logout))
+        // Cookies: refuse cross-site POSTs (CSRF). Inside the session layer, so that bearer
+        // clients pass.
+        .layer(CrossSiteGuard::new())
         .layer(SessionLayer::new(sessions.clone()))
         .with_state(sessions.clone());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
+    .await?;
     cleanup.abort();
     sessions.shutdown().await;
     Ok(())
 }
 
 /// A real app checks a password first (see the crate docs on fences); the example signs in a
-/// fresh user id, and hands the token over both ways: the cookie, and the body.
+/// fresh user id. The token goes out in the `HttpOnly` cookie only: never also in a body that
+/// the page's scripts could read.
 async fn login(
     State(sessions): State<SessionManager>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Result<(IssuedSession, Json<Value>), StatusCode> {
-    let issued = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await;
+    let new = NewSession::new(uuid::Uuid::now_v7())
+        .user_agent(headers.get(USER_AGENT).and_then(|v| v.to_str().ok()))
+        .ip_address(sessions.client_ip(&headers, Some(peer.ip())));
+    let issued = sessions.create(new).await;
     let issued = issued.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let body =
-        json!({ "token": issued.token().expose(), "session_id": issued.session().id.to_string() });
+    let body = json!({ "session_id": issued.session().id.to_string() });
     Ok((issued, Json(body)))
 }
 

@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! cargo run -p session-layer --example tower
-//! curl -X POST localhost:3003/login                       # prints a bearer token
-//! curl -H "authorization: Bearer <token>" localhost:3003/me
+//! TOKEN=$(curl -s -X POST localhost:3003/login)             # a bearer token
+//! curl -H "authorization: Bearer $TOKEN" localhost:3003/me
 //! ```
 
 use std::convert::Infallible;
@@ -16,6 +16,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use session_layer::anomaly::PeerAddr;
 use session_layer::{
     CurrentSession, MemoryStore, NewSession, SessionConfig, SessionLayer, SessionManager,
     SessionRejection,
@@ -30,12 +31,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3003").await?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => break,
         };
         let handler = sessions.clone();
         let service = ServiceBuilder::new()
+            // The peer address, for the layer's anomaly events (axum's `ConnectInfo` elsewhere).
+            .map_request(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            })
             .layer(SessionLayer::new(sessions.clone()))
             .service_fn(move |request| handle(handler.clone(), request));
         tokio::spawn(async move {
@@ -69,7 +75,14 @@ async fn handle(
             ),
             None => {
                 let rejection = SessionRejection::for_request(&request);
-                text(rejection.status(), rejection.code().to_owned())
+                let mut response = text(rejection.status(), rejection.code().to_owned());
+                if rejection.status() == StatusCode::UNAUTHORIZED {
+                    let challenge = http::HeaderValue::from_static("Bearer");
+                    response
+                        .headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, challenge);
+                }
+                response
             }
         },
         _ => text(StatusCode::NOT_FOUND, "not found".to_owned()),

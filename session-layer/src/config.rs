@@ -247,6 +247,7 @@ impl SessionConfigBuilder {
         if c.max_sessions_per_user == Some(0) {
             return Err(ConfigError::NoSessionsAllowed);
         }
+        c.cookie.check()?;
         Ok(c)
     }
 }
@@ -287,7 +288,9 @@ impl CookieConfig {
         }
     }
 
-    /// Overrides the cookie name. With `Secure`, keep the `__Host-` prefix.
+    /// Overrides the cookie name. With `Secure`, keep the `__Host-` prefix. The name must be an
+    /// RFC 6265 token, and a `__Host-`/`__Secure-` name needs `Secure`:
+    /// [`SessionConfigBuilder::build`] refuses anything else.
     #[must_use]
     pub fn with_name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
@@ -324,6 +327,26 @@ impl CookieConfig {
         let mut cookie = self.base(String::new());
         cookie.make_removal();
         cookie
+    }
+
+    /// A name that is an RFC 6265 token, and `Secure` wherever the name's prefix demands it.
+    fn check(&self) -> Result<(), ConfigError> {
+        let token = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(ConfigError::CookieName);
+        }
+        let prefixed = ["__Host-", "__Secure-"].iter().any(|prefix| {
+            self.name.len() >= prefix.len()
+                && self.name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        });
+        if prefixed && !self.secure {
+            return Err(ConfigError::PrefixedCookieNotSecure);
+        }
+        Ok(())
     }
 
     fn base(&self, value: String) -> Cookie<'static> {

@@ -54,6 +54,14 @@ pub enum ConfigError {
     /// A duration does not fit the store's timestamp range.
     #[error("`{0}` is too large")]
     TooLarge(&'static str),
+    /// The cookie name is not an RFC 6265 token (letters, digits and ``!#$%&'*+-.^_`|~``): a
+    /// `;` or `=` in it would inject attributes into every `Set-Cookie`.
+    #[error("the cookie name is empty or holds a character that a cookie name cannot")]
+    CookieName,
+    /// A `__Host-` or `__Secure-` cookie name without `Secure`: browsers drop such a cookie,
+    /// so no sign-in would stick. Use `CookieConfig::secure()`, or another name over plain HTTP.
+    #[error("a __Host- or __Secure- cookie name needs CookieConfig::secure()")]
+    PrefixedCookieNotSecure,
 }
 
 /// What went wrong in a [`SessionManager`](crate::SessionManager) call.

@@ -165,7 +165,7 @@ pub(crate) struct Authenticated(pub(crate) Transport);
 /// Puts the session the layer found into the request, and records its ids on the request's
 /// span where that declares the fields `session.id` and `user.id` (see
 /// [`SessionLayer`](crate::SessionLayer)).
-pub(crate) fn authenticated<B, U: Clone + std::fmt::Display + Send + Sync + 'static>(
+pub(crate) fn authenticated<B, U: Clone + std::fmt::Debug + Send + Sync + 'static>(
     request: &mut http::Request<B>,
     entry: Arc<SessionEntry<U>>,
     transport: Transport,
@@ -173,7 +173,9 @@ pub(crate) fn authenticated<B, U: Clone + std::fmt::Display + Send + Sync + 'sta
     let span = tracing::Span::current();
     if !span.is_disabled() {
         span.record("session.id", tracing::field::display(entry.session.id));
-        span.record("user.id", tracing::field::display(&entry.session.user_id));
+        // Debug, not Display: a text id's newlines and quotes come out escaped, so no id can forge
+        // a log line.
+        span.record("user.id", tracing::field::debug(&entry.session.user_id));
     }
     let extensions = request.extensions_mut();
     extensions.insert(Authenticated(transport));

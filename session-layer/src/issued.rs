@@ -19,7 +19,9 @@ use crate::token::SessionToken;
 /// exists only here, and the session it opens.
 ///
 /// Deliver it one of three ways:
-/// - to a browser, as response parts: `(issued, Json(body))` sets the session cookie;
+/// - to a browser, as response parts: `(issued, Json(body))` sets the session cookie (except
+///   for the rotation of a session that came as a bearer token: a bearer client does not gain
+///   a cookie);
 /// - into an [axum-extra `CookieJar`](https://docs.rs/axum-extra/latest/axum_extra/extract/cookie/struct.CookieJar.html):
 ///   `jar.add(issued.cookie())` (or `jar.add(issued)`: it converts into a [`Cookie`]);
 /// - to a bearer client (a mobile app, curl): send [`token`](Self::token)`().expose()` in the
@@ -49,6 +51,8 @@ pub struct IssuedSession<U = Uuid> {
     token: SessionToken,
     session: Session<U>,
     cookie: CookieConfig,
+    /// A rotation for a bearer client: its response parts set no cookie.
+    bearer: bool,
 }
 
 impl<U> IssuedSession<U> {
@@ -57,7 +61,15 @@ impl<U> IssuedSession<U> {
             token,
             session,
             cookie,
+            bearer: false,
         }
+    }
+
+    /// As response parts, sets no cookie: the rotation of a bearer client's session, which
+    /// must not gain a cookie credential (one that cross-site requests would carry).
+    pub(crate) fn for_bearer(mut self) -> Self {
+        self.bearer = true;
+        self
     }
 
     /// The token, for a bearer client (`token().expose()` is what it sends back).
@@ -98,7 +110,9 @@ impl<U> IntoResponseParts for IssuedSession<U> {
     type Error = CookieHeaderError;
 
     fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        append_cookie(&mut res, &self.cookie())?;
+        if !self.bearer {
+            append_cookie(&mut res, &self.cookie())?;
+        }
         Ok(res)
     }
 }

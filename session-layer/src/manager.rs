@@ -322,12 +322,16 @@ impl<U: UserId> SessionManager<U> {
     /// [`Error::Store`] when the store fails.
     pub async fn rotate(&self, current: &CurrentSession<U>) -> Result<IssuedSession<U>, Error> {
         let (this, current) = (self.clone(), current.clone());
-        let last_used = current.last_active_at();
+        let (last_used, transport) = (current.last_active_at(), current.transport());
         let (token, mut session) =
             run_to_end(async move { this.rotate_now(&current).await }).await?;
         // The stored value lags; the request that rotates is itself a use.
         session.last_active_at = session.last_active_at.max(last_used);
-        Ok(self.issued(token, session))
+        let issued = self.issued(token, session);
+        Ok(match transport {
+            Transport::Bearer => issued.for_bearer(),
+            Transport::Cookie => issued,
+        })
     }
 
     async fn rotate_now(
@@ -399,12 +403,9 @@ impl<U: UserId> SessionManager<U> {
         user_id: &U,
         also_seen: Option<(Uuid, OffsetDateTime)>,
     ) -> Result<Vec<Session<U>>, Error> {
+        let now = self.now();
         let mut sessions = self
-            .store_call(
-                self.inner
-                    .store
-                    .list_active(user_id, self.liveness(self.now())),
-            )
+            .store_call(self.inner.store.list_active(user_id, self.liveness(now)))
             .await?;
         let mut seen = self.inner.validator.activity().last_uses(user_id).await;
         seen.extend(also_seen);
@@ -413,6 +414,10 @@ impl<U: UserId> SessionManager<U> {
                 session.last_active_at = session.last_active_at.max(used);
             }
         }
+        // The store's cutoff is padded by the activity writes' lag; with the uses merged, judge
+        // idleness as a request would, so the list shows no session that a request refuses.
+        let idle = self.inner.config.idle_timeout();
+        sessions.retain(|s| now - s.last_active_at < idle);
         sessions.sort_by(|a, b| {
             b.last_active_at
                 .cmp(&a.last_active_at)
