@@ -66,8 +66,15 @@
 //! # Parts
 //!
 //! - [`SessionManager`]: create, validate, rotate, list, revoke one / others / all, cleanup.
-//!   A sign-in or a rotation returns an [`IssuedSession`] and a sign-out a [`SignedOut`]: both
-//!   are response parts that set or clear the session cookie.
+//!   A sign-in or a rotation returns an [`IssuedSession`] and a sign-out
+//!   ([`logout`](SessionManager::logout)) a [`SignedOut`]: both are response parts that set or
+//!   clear the session cookie. [`list_for`](SessionManager::list_for) is the "your devices"
+//!   list, "this device" marked.
+//! - [`CrossSiteGuard`]: refuses cross-site state-changing requests (CSRF) of cookie clients;
+//!   place it inside the [`SessionLayer`].
+//! - [Anomaly events](anomaly): a session used from a new client address or user agent is
+//!   logged and handed to [`SessionManager::on_anomaly`], whose verdict may end it before the
+//!   request is served.
 //! - [`SessionLayer`]: reads `Authorization: Bearer` or the session cookie and puts a
 //!   [`CurrentSession`] into the request; [`CurrentSession`] is also the extractor (401 JSON
 //!   when absent, 503 when the store was unreachable: [`SessionRejection`], and
@@ -80,7 +87,8 @@
 //! - The application's own user ids: [`Uuid`](uuid::Uuid) by default, `i64`, `String`, or a
 //!   newtype of one of them ([`UserId`]); `SessionManager<i64>`, `CurrentSession<i64>` and so
 //!   on. SQL stores keep them in a column of the matching type, in tables named and placed as
-//!   `store::Tables` says (schema, prefix, a foreign key to the app's users).
+//!   `store::Tables` says (schema, prefix, a foreign key to the app's users, and on PostgreSQL
+//!   row-level security).
 //! - [`SessionToken`]: 256 random bits, sent as 43 characters of base64url, stored only as its
 //!   SHA-256 ([`TokenHash`]). Neither ever appears in `Debug` output, logs or errors.
 //!

@@ -163,7 +163,7 @@ impl<U: UserId> Tables<U> {
     ///
     /// The migration grants `app_role` what it needs: `USAGE` on the schema, `SELECT`, `INSERT`,
     /// `UPDATE`, `DELETE` on the three tables, `EXECUTE` on the three functions. Run
-    /// [`PostgresStore::migrate`](crate::store) only on a store connected as the owner, and
+    /// `PostgresStore::migrate` only on a store connected as the owner, and
     /// serve with a store connected as `app_role`, both with the same `Tables`.
     ///
     /// What it guards against: SQL of the application's that forgets its user filter. It is
