@@ -6,10 +6,8 @@
 //! curl -H "authorization: Bearer $TOKEN" localhost:3001/me
 //! ```
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header::USER_AGENT};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use session_layer::{
@@ -35,28 +33,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);
-    // The peer address feeds the device list's IP and the anomaly events.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
-    .await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async { drop(tokio::signal::ctrl_c().await) })
+        .await?;
     sessions.shutdown().await;
     Ok(())
 }
 
-/// A real app checks a password first; the example signs in a fresh user id, recording the
-/// device ("curl", "Chrome on Windows") and the client address for the device list.
-async fn login(
-    State(sessions): State<SessionManager>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<String, StatusCode> {
-    let new = NewSession::new(uuid::Uuid::now_v7())
-        .user_agent(headers.get(USER_AGENT).and_then(|v| v.to_str().ok()))
-        .ip_address(sessions.client_ip(&headers, Some(peer.ip())));
-    let issued = sessions.create(new).await;
+/// A real app checks a password first; the example signs in a fresh user id (`postgres.rs`
+/// also records the device and the client address).
+async fn login(State(sessions): State<SessionManager>) -> Result<String, StatusCode> {
+    let issued = sessions.create(NewSession::new(uuid::Uuid::now_v7())).await;
     let issued = issued.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     Ok(issued.token().expose())
 }
