@@ -6,16 +6,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use session_layer::{
-    CurrentSession, IssuedSession, NewSession, RevocationReason, TokenHash, Transport,
+    CurrentSession, IssuedSession, NewSession, RevocationReason, SessionManager, SignedOut,
+    TokenHash, Transport,
 };
 use uuid::Uuid;
 
 use super::{AppState, PeerIp, SessionView};
 use crate::accounts::{
-    has_control, is_strong_enough, is_valid_device_name, is_valid_email, normalize_email,
+    Db, has_control, is_strong_enough, is_valid_device_name, is_valid_email, normalize_email,
 };
 use crate::error::{ApiError, ApiJson};
 use crate::quota::{Requester, Share};
@@ -24,6 +24,12 @@ use crate::quota::{Requester, Share};
 pub(crate) struct Credentials {
     email: String,
     password: String,
+}
+
+/// The body of `201` to `POST /api/auth/register`.
+#[derive(Serialize)]
+pub(crate) struct Registered {
+    user_id: Uuid,
 }
 
 /// `POST /api/auth/register` → `201 {"user_id"}`.
@@ -36,7 +42,7 @@ pub(crate) async fn register(
     PeerIp(peer): PeerIp,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
     let email = normalize_email(&body.email);
     if !is_valid_email(&email) {
         return Err(ApiError::InvalidEmail);
@@ -58,7 +64,7 @@ pub(crate) async fn register(
         .await?
         .ok_or(ApiError::EmailTaken)?;
     tracing::info!(%user_id, "user registered");
-    Ok((StatusCode::CREATED, Json(json!({ "user_id": user_id }))).into_response())
+    Ok((StatusCode::CREATED, Json(Registered { user_id })))
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -172,34 +178,48 @@ async fn check_password(
     Ok(found.filter(|_| verified).map(|user_id| (user_id, fence)))
 }
 
+/// The body of a login or a refresh: `{"session"}` for a cookie client (the token travels in
+/// the cookie), `{"session", "token"}` for a bearer client.
+#[derive(Serialize)]
+pub(crate) struct LoginResponse {
+    session: SessionView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
 /// The answer that hands a token over: a cookie, or the token in the body for bearer clients.
 fn issue(issued: IssuedSession, bearer: bool) -> Response {
-    let view = SessionView::issued(issued.session());
+    let session = SessionView::issued(issued.session());
     if bearer {
-        Json(json!({ "session": view, "token": issued.token().expose() })).into_response()
+        let token = Some(issued.token().expose());
+        Json(LoginResponse { session, token }).into_response()
     } else {
-        (issued, Json(json!({ "session": view }))).into_response()
+        let body = LoginResponse {
+            session,
+            token: None,
+        };
+        (issued, Json(body)).into_response()
     }
 }
 
 /// `POST /api/auth/logout` → `204`, and the cookie cleared for a cookie client.
 pub(crate) async fn logout(
-    State(state): State<AppState>,
+    State(manager): State<SessionManager>,
     current: CurrentSession,
-) -> Result<Response, ApiError> {
+) -> Result<(SignedOut, StatusCode), ApiError> {
     // A session revoked meanwhile (another device, reuse detection) counts as signed out.
-    let signed_out = state.sessions.logout(&current).await?;
+    let signed_out = manager.logout(&current).await?;
     tracing::info!(session_id = %signed_out.session_id(), "signed out");
-    Ok((signed_out, StatusCode::NO_CONTENT).into_response())
+    Ok((signed_out, StatusCode::NO_CONTENT))
 }
 
 /// `POST /api/auth/refresh` → the session with a new token, delivered the way it came.
 pub(crate) async fn refresh(
-    State(state): State<AppState>,
+    State(manager): State<SessionManager>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
     let bearer = current.transport() == Transport::Bearer;
-    match state.sessions.rotate(&current).await {
+    match manager.rotate(&current).await {
         Ok(issued) => Ok(issue(issued, bearer)),
         // Another rotation won or the session ended: the presented token is dead.
         Err(session_layer::Error::RotationConflict) => Ok(current.rejection().into_response()),
@@ -284,7 +304,7 @@ pub(crate) async fn request_password_reset(
     PeerIp(peer): PeerIp,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ResetRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let email = normalize_email(&body.email);
     if has_control(&email) {
         return Err(ApiError::InvalidEmail);
@@ -292,7 +312,7 @@ pub(crate) async fn request_password_reset(
     state
         .resets
         .push(email, state.sessions.client_ip(&headers, peer))?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(StatusCode::ACCEPTED)
 }
 
 #[derive(Deserialize)]
@@ -307,7 +327,7 @@ pub(crate) async fn confirm_password_reset(
     PeerIp(peer): PeerIp,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ResetConfirm>,
-) -> Result<Response, ApiError> {
+) -> Result<StatusCode, ApiError> {
     let hash =
         TokenHash::from_encoded(body.token.trim()).map_err(|_| ApiError::InvalidResetToken)?;
     // The token is checked before the new password, and used up only once both are good.
@@ -340,7 +360,7 @@ pub(crate) async fn confirm_password_reset(
     })
     .await?;
     tracing::info!(%user_id, revoked, "password reset");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Runs `work` on a task of its own and waits for it: a client that goes away drops this future,
@@ -387,19 +407,27 @@ where
     }
 }
 
+/// The body of `GET /api/me`.
+#[derive(Serialize)]
+pub(crate) struct Me {
+    user_id: Uuid,
+    email: String,
+    session_id: Uuid,
+}
+
 /// `GET /api/me` → `{"user_id", "email", "session_id"}`.
 pub(crate) async fn me(
-    State(state): State<AppState>,
+    State(db): State<Db>,
     current: CurrentSession,
 ) -> Result<Response, ApiError> {
-    let Some((email, _)) = state.db.user_by_id(current.user_id()).await? else {
+    let Some((email, _)) = db.user_by_id(current.user_id()).await? else {
         return Ok(unauthenticated(&current));
     };
-    Ok(Json(json!({
-        "user_id": current.user_id(),
-        "email": email,
-        "session_id": current.session_id(),
-    }))
+    Ok(Json(Me {
+        user_id: current.user_id(),
+        email,
+        session_id: current.session_id(),
+    })
     .into_response())
 }
 

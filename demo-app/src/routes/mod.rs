@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use serde::Serialize;
 use session_layer::{ListedSession, Session, SessionManager};
@@ -27,6 +27,27 @@ pub(crate) struct AppState {
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) resets: ResetQueue,
     pub(crate) locations: NewLocations,
+}
+
+// The parts a handler can take on their own (`State<SessionManager>`, ...) when it needs no
+// other: its signature then says what it touches.
+
+impl FromRef<AppState> for SessionManager {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
+impl FromRef<AppState> for Db {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
+    }
+}
+
+impl FromRef<AppState> for NewLocations {
+    fn from_ref(state: &AppState) -> Self {
+        state.locations.clone()
+    }
 }
 
 /// The socket peer's address: [`crate::serve`] (or axum's
