@@ -248,8 +248,9 @@ async fn a_prefix_that_could_reach_into_other_keys_is_refused() {
     );
 }
 
-/// A session's keys carry a TTL of its remaining lifetime plus the retention, and the user's
-/// index forgets a session whose keys expired.
+/// A session's keys carry a TTL of its remaining lifetime plus the retention; the user's index
+/// carries none (no eviction may hide a session from "sign out everywhere") and forgets a
+/// session whose keys expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_expire_with_the_session_plus_retention_and_the_index_follows() {
     use session_layer::SessionStore as _;
@@ -312,7 +313,6 @@ async fn keys_expire_with_the_session_plus_retention_and_the_index_follows() {
     for key in [
         format!("{prefix}:s:{week}"),
         format!("{prefix}:t:{}", week_hash.to_hex()),
-        format!("{prefix}:u:u{}", user.simple()),
     ] {
         let left = ttl(key.clone()).await;
         assert!(
@@ -321,6 +321,7 @@ async fn keys_expire_with_the_session_plus_retention_and_the_index_follows() {
         );
     }
     assert!(ttl(format!("{prefix}:s:{short}")).await <= 500);
+    assert_eq!(ttl(format!("{prefix}:u:u{}", user.simple())).await, -1);
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(store.find_by_token(&short_hash).await.unwrap().is_none());
