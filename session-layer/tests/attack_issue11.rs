@@ -655,10 +655,11 @@ async fn frozen_during_a_revoke(freeze: Duration) {
     signal(pid, "CONT");
     let revoked = revoking.await.unwrap();
     println!("revoke during freeze: {revoked:?}");
-    let refused = common::eventually(Duration::from_secs(3), async || {
+    let refused = common::poll_until(Duration::from_secs(3), async || {
         outcome(&b, &token).await == Outcome::Refused
     })
-    .await;
+    .await
+    .is_some();
     let ra: Option<String> = redis::cmd("HGET")
         .arg(format!("{prefix}:s:{}", session.id))
         .arg("ra")
@@ -684,11 +685,12 @@ async fn frozen_during_a_revoke(freeze: Duration) {
             0
         );
     }
-    let back = common::eventually(Duration::from_secs(5), async || {
-        outcome(&b, &kept).await == Outcome::Ok
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "B did not recover after Redis thawed",
+        async || outcome(&b, &kept).await == Outcome::Ok,
+    )
     .await;
-    assert!(back, "B did not recover after Redis thawed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1250,18 +1252,21 @@ async fn only_the_other_instances_subscriber_cut_before_revoke_never_serves_the_
     );
     let mut conn = admin(&url).await;
     // B's subscriber is the only one so far.
-    let listed = common::eventually(Duration::from_secs(5), async || {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
-        list.lines().count() == 1
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "B's subscriber is the only one",
+        async || {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut conn.clone())
+                .await
+                .unwrap();
+            list.lines().count() == 1
+        },
+    )
     .await;
-    assert!(listed);
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("TYPE")

@@ -752,10 +752,11 @@ fn dropped_managers_leave_no_tasks_behind() {
             .collect();
         assert!(metrics.num_alive_tasks() >= before + 50);
         drop(managers);
-        let ended = common::eventually(Duration::from_secs(10), async || {
+        let ended = common::poll_until(Duration::from_secs(10), async || {
             metrics.num_alive_tasks() <= before
         })
-        .await;
+        .await
+        .is_some();
         assert!(
             ended,
             "{} tasks alive, {before} before",
@@ -843,14 +844,12 @@ fn the_warm_up_survives_a_first_runtime_that_is_shut_down() {
         .unwrap();
     long.block_on(async {
         let _manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
-        let ready = common::eventually(Duration::from_secs(60), async || {
-            session_layer::user_agent_data_ready()
-        })
+        common::eventually(
+            Duration::from_secs(60),
+            "the dataset was never built: the first sign-in will build it inline",
+            async || session_layer::user_agent_data_ready(),
+        )
         .await;
-        assert!(
-            ready,
-            "the dataset was never built: the first sign-in will build it inline"
-        );
     });
 }
 

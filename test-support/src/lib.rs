@@ -8,6 +8,7 @@
 //! - [`redis_server`] is a real `redis-server` shared by the whole test process (tests keep
 //!   apart by key prefix, [`redis_prefix`]); [`dedicated_redis`] starts one that a test may kill
 //!   and restart.
+//! - [`eventually`] waits for something that happens in the background.
 //! - [`sqlite_database`] returns the URL of a fresh SQLite database file in a temporary directory.
 //!
 //! # Where PostgreSQL comes from
@@ -37,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod eventually;
 mod external;
 mod local;
 mod postgres;
@@ -47,6 +49,7 @@ mod sqlite;
 mod url;
 mod watchdog;
 
+pub use eventually::{Check, eventually, poll_until};
 pub use external::PG_URL_ENV;
 pub use local::PG_BIN_ENV;
 pub use postgres::{PgServer, dedicated_postgres, postgres_database, postgres_server};

@@ -11,7 +11,7 @@ pub mod webdriver;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use demo_app::{AppConfig, AppHandle, build_app};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -376,21 +376,7 @@ pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}-{n}@example.com", std::process::id())
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use test_support::eventually;
 
 #[derive(Clone)]
 struct SharedBuffer(Arc<Mutex<Vec<u8>>>);

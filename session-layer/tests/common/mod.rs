@@ -303,29 +303,21 @@ impl<U: UserId> SessionStore<U> for ProbeStore<U> {
     }
 }
 
-/// Polls `check` until it holds or `within` passes.
-pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)] // each test binary uses a part
+pub use test_support::{eventually, poll_until};
 
 /// Validates on `manager` until the session is served from its cache (its feed holds a lease).
 pub async fn cached_on(manager: &session_layer::SessionManager, token: &str) {
-    let cached = eventually(Duration::from_secs(10), async || {
-        assert!(manager.validate(token).await.unwrap().is_some());
-        manager.sync_cache().await;
-        manager.cached_sessions() >= 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the session reached the cache",
+        async || {
+            assert!(manager.validate(token).await.unwrap().is_some());
+            manager.sync_cache().await;
+            manager.cached_sessions() >= 1
+        },
+    )
     .await;
-    assert!(cached, "the session never reached the cache");
 }
 
 /// Hammers `token` on `manager` for `window`; counts successes.
