@@ -700,7 +700,7 @@ async fn frozen_during_a_revoke(freeze: Duration) {
 // holds: no token in any key, value or pub/sub message; no password of the URL in errors or logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_redis_or_on_the_channel_and_no_password_in_errors_or_logs() {
-    let logs = common::logs::captured();
+    common::capture_logs();
     let url = test_support::redis_server().url();
     let (a, b) = pair_on(&url, Duration::from_millis(300)).await;
     let prefix = a.prefix().to_owned();
@@ -769,10 +769,9 @@ async fn no_token_in_redis_or_on_the_channel_and_no_password_in_errors_or_logs()
     let (t, _) = m.create(NewSession::new(user)).await.unwrap().into_parts();
     let _ = m.validate(&t.expose()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(logs);
-    assert!(common::logs::lines_with("S3cretPw4711").is_empty());
+    assert!(common::captured_lines_with("S3cretPw4711").is_empty());
     for token in &tokens {
-        assert!(common::logs::lines_with(&token[..20]).is_empty());
+        assert!(common::captured_lines_with(&token[..20]).is_empty());
     }
 }
 

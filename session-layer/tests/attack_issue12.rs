@@ -334,7 +334,7 @@ fn a_host_prefixed_cookie_name_is_never_issued_without_secure() {
 // CurrentSession, SignedOut, or any error, nor in the logs of create/rotate/logout.
 #[tokio::test]
 async fn the_token_and_its_hash_never_reach_debug_output_or_logs() {
-    let logs = common::logs::captured();
+    common::capture_logs();
     let manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
     let issued = manager
         .create(NewSession::new(Uuid::now_v7()).user_agent(Some("curl/8.0")))
@@ -356,7 +356,7 @@ async fn the_token_and_its_hash_never_reach_debug_output_or_logs() {
     let current = manager.validate(&rotated.token().expose()).await.unwrap();
     printed += &format!("{current:?}");
     manager.shutdown().await;
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned() + &printed;
+    let text = common::captured_logs() + &printed;
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "secret leaked");
     }

@@ -8,7 +8,8 @@
 //! - [`redis_server`] is a real `redis-server` shared by the whole test process (tests keep
 //!   apart by key prefix, [`redis_prefix`]); [`dedicated_redis`] starts one that a test may kill
 //!   and restart.
-//! - [`eventually`] waits for something that happens in the background.
+//! - [`eventually`] waits for something that happens in the background; [`capture_logs`]
+//!   captures the `tracing` output of the test process, [`captured_logs`] reads it.
 //! - [`sqlite_database`] returns the URL of a fresh SQLite database file in a temporary directory.
 //!
 //! # Where PostgreSQL comes from
@@ -41,6 +42,7 @@
 mod eventually;
 mod external;
 mod local;
+mod logs;
 mod postgres;
 mod process;
 mod redis;
@@ -52,6 +54,7 @@ mod watchdog;
 pub use eventually::{Check, eventually, poll_until};
 pub use external::PG_URL_ENV;
 pub use local::PG_BIN_ENV;
+pub use logs::{capture_logs, captured_lines_with, captured_logs};
 pub use postgres::{PgServer, dedicated_postgres, postgres_database, postgres_server};
 pub use redis::{
     REDIS_BIN_ENV, RedisServer, dedicated_redis, isolated_redis, redis_prefix, redis_server,

@@ -9,8 +9,7 @@
 pub mod webdriver;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use demo_app::{AppConfig, AppHandle, build_app};
@@ -78,7 +77,7 @@ impl TestApp {
         redis: Option<Arc<test_support::RedisServer>>,
         env: &[(&str, &str)],
     ) -> Self {
-        init_log_capture();
+        test_support::capture_logs(tracing::Level::INFO);
         let mut vars: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -378,44 +377,9 @@ pub fn unique_email(tag: &str) -> String {
 
 pub use test_support::eventually;
 
-#[derive(Clone)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
-}
-
-/// Installs (once per process) a global subscriber that records every log line at INFO and
-/// above, the way `main` formats them, so tests can read the reset-token line and scan for
-/// secrets.
-pub fn init_log_capture() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let buffer = log_buffer().clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || SharedBuffer(buffer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
-}
-
-/// Everything logged so far by this test process.
-pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
-}
+/// Everything logged so far by this test process, at INFO and above (captured from the first
+/// [`TestApp`] on), so tests can read the reset-token line and scan for secrets.
+pub use test_support::captured_logs;
 
 /// The reset token that the app logged for `email` (the demo's stand-in for the email).
 pub async fn reset_token_from_logs(email: &str) -> String {

@@ -4,7 +4,6 @@
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
 pub mod cluster;
-pub mod logs;
 pub mod relay;
 #[cfg(feature = "postgres")]
 mod rls;
@@ -304,7 +303,13 @@ impl<U: UserId> SessionStore<U> for ProbeStore<U> {
 }
 
 #[allow(unused_imports)] // each test binary uses a part
-pub use test_support::{eventually, poll_until};
+pub use test_support::{captured_lines_with, captured_logs, eventually, poll_until};
+
+/// Captures every event of every crate at TRACE, for the tests that search the logs (one level
+/// for every test of a binary: see [`test_support::capture_logs`]).
+pub fn capture_logs() {
+    test_support::capture_logs(tracing::Level::TRACE);
+}
 
 /// Validates on `manager` until the session is served from its cache (its feed holds a lease).
 pub async fn cached_on(manager: &session_layer::SessionManager, token: &str) {
