@@ -10,6 +10,7 @@
 //!   and restart.
 //! - [`eventually`] waits for something that happens in the background; [`capture_logs`]
 //!   captures the `tracing` output of the test process, [`captured_logs`] reads it.
+//! - [`for_each_backend!`] runs each test scenario against each backend, one test per pair.
 //! - [`sqlite_database`] returns the URL of a fresh SQLite database file in a temporary directory.
 //!
 //! # Where PostgreSQL comes from
@@ -39,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+mod backends;
 mod eventually;
 mod external;
 mod local;

@@ -395,34 +395,23 @@ pub async fn reset_token_from_logs(email: &str) -> String {
     .await
 }
 
-/// Runs each scenario (an `async fn(Backend)`) against every backend, as a `sqlite`, a
-/// `postgres` and a `redis_sessions` module of tests, like tower-sessions' `route_tests!`.
+/// Runs each scenario (an `async fn(Backend)`) against every backend, like tower-sessions'
+/// `route_tests!`: the tests `<scenario>::sqlite`, `::postgres` and `::redis_sessions` (see
+/// [`test_support::for_each_backend!`]).
 #[macro_export]
 macro_rules! route_tests {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod redis_sessions {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::RedisSessions).await;
-                }
-            )*
+        $crate::__test_support::for_each_backend! {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            backends {
+                sqlite => $crate::Backend::Sqlite,
+                postgres => $crate::Backend::Postgres,
+                redis_sessions => $crate::Backend::RedisSessions,
+            }
+            scenarios { $($name),* }
         }
     };
 }
+
+#[doc(hidden)]
+pub use test_support as __test_support;

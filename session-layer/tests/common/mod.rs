@@ -380,39 +380,23 @@ pub fn assert_failed_closed(outcomes: &[Outcome]) {
     );
 }
 
-/// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
-/// module per scenario with one test per store.
+/// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store the cargo
+/// features enable: the tests `<scenario>::memory`, `::sqlite`, `::postgres` and `::redis` (see
+/// [`test_support::for_each_backend!`]).
 macro_rules! on_every_store {
     ($($scenario:ident),* $(,)?) => {
-        mod every_store {
-            $(
-                mod $scenario {
-                    use super::super::*;
-
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn memory() {
-                        $scenario(common::memory()).await;
-                    }
-
-                    #[cfg(feature = "sqlite")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn sqlite() {
-                        $scenario(common::sqlite().await).await;
-                    }
-
-                    #[cfg(feature = "postgres")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn postgres() {
-                        $scenario(common::postgres().await).await;
-                    }
-
-                    #[cfg(feature = "redis")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn redis() {
-                        $scenario(common::redis().await).await;
-                    }
-                }
-            )*
+        test_support::for_each_backend! {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            backends {
+                memory => common::memory(),
+                #[cfg(feature = "sqlite")]
+                sqlite => common::sqlite().await,
+                #[cfg(feature = "postgres")]
+                postgres => common::postgres().await,
+                #[cfg(feature = "redis")]
+                redis => common::redis().await,
+            }
+            scenarios { $($scenario),* }
         }
     };
 }
