@@ -4,8 +4,8 @@
 /// that calls `scenario(backend).await`.
 ///
 /// A scenario is an `async fn` of the test file that takes what the backend expression gives (a
-/// store, a cluster of instances, a [`Backend`-like] value …). Each backend is a test name and an
-/// expression (it may `.await`), with optional attributes such as `#[cfg(feature = "redis")]` to
+/// store, a cluster of instances, an enum value that names the backend …). Each backend is a
+/// test name and an expression (it may `.await`), with optional attributes such as `#[cfg(feature = "redis")]` to
 /// gate it on a cargo feature. The test attribute is given once, first:
 ///
 /// ```rust,ignore
