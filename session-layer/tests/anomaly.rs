@@ -47,7 +47,7 @@ async fn send(
 }
 
 async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn SessionStore>) {
-    common::logs::captured();
+    common::capture_logs();
     let config = SessionConfig::builder()
         .trusted_proxies(["10.0.0.0/8".parse().unwrap()])
         .cache_ttl(Duration::from_millis(100))
@@ -137,7 +137,7 @@ async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn Se
     assert_eq!(take(), []);
 
     // One warning per change, with the session, user, old and new values, never the token.
-    let lines = common::logs::lines_with(&session.id.to_string());
+    let lines = common::captured_lines_with(&session.id.to_string());
     let warnings: Vec<_> = lines.iter().filter(|line| line.contains("WARN")).collect();
     assert_eq!(warnings.len(), 2, "{lines:#?}");
     assert!(warnings[0].contains("session used from a new client address"));
@@ -152,7 +152,7 @@ async fn each_change_of_address_or_user_agent_is_reported_once(store: Arc<dyn Se
         .revoke(user, session.id, RevocationReason::RevokedByUser)
         .await
         .unwrap();
-    let revoked = common::logs::lines_with(&session.id.to_string());
+    let revoked = common::captured_lines_with(&session.id.to_string());
     assert!(
         revoked
             .iter()

@@ -537,7 +537,7 @@ async fn me_text(_: CurrentSession<String>) -> &'static str {
 /// log line of its own in a plain-text log.
 #[tokio::test]
 async fn attack_a_text_user_id_forges_log_lines_through_the_anomaly_warning() {
-    common::logs::captured();
+    common::capture_logs();
     let manager =
         SessionManager::<String>::new(MemoryStore::<String>::default(), SessionConfig::default())
             .unwrap();
@@ -560,7 +560,7 @@ async fn attack_a_text_user_id_forges_log_lines_through_the_anomaly_warning() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let forged: Vec<_> = common::logs::lines_with(&marker)
+    let forged: Vec<_> = common::captured_lines_with(&marker)
         .into_iter()
         .filter(|line| line.starts_with("2026-11-25T04:00:00Z"))
         .collect();

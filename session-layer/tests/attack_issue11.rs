@@ -655,10 +655,11 @@ async fn frozen_during_a_revoke(freeze: Duration) {
     signal(pid, "CONT");
     let revoked = revoking.await.unwrap();
     println!("revoke during freeze: {revoked:?}");
-    let refused = common::eventually(Duration::from_secs(3), async || {
+    let refused = common::poll_until(Duration::from_secs(3), async || {
         outcome(&b, &token).await == Outcome::Refused
     })
-    .await;
+    .await
+    .is_some();
     let ra: Option<String> = redis::cmd("HGET")
         .arg(format!("{prefix}:s:{}", session.id))
         .arg("ra")
@@ -684,11 +685,12 @@ async fn frozen_during_a_revoke(freeze: Duration) {
             0
         );
     }
-    let back = common::eventually(Duration::from_secs(5), async || {
-        outcome(&b, &kept).await == Outcome::Ok
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "B did not recover after Redis thawed",
+        async || outcome(&b, &kept).await == Outcome::Ok,
+    )
     .await;
-    assert!(back, "B did not recover after Redis thawed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,7 +700,7 @@ async fn frozen_during_a_revoke(freeze: Duration) {
 // holds: no token in any key, value or pub/sub message; no password of the URL in errors or logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_redis_or_on_the_channel_and_no_password_in_errors_or_logs() {
-    let logs = common::logs::captured();
+    common::capture_logs();
     let url = test_support::redis_server().url();
     let (a, b) = pair_on(&url, Duration::from_millis(300)).await;
     let prefix = a.prefix().to_owned();
@@ -767,10 +769,9 @@ async fn no_token_in_redis_or_on_the_channel_and_no_password_in_errors_or_logs()
     let (t, _) = m.create(NewSession::new(user)).await.unwrap().into_parts();
     let _ = m.validate(&t.expose()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(logs);
-    assert!(common::logs::lines_with("S3cretPw4711").is_empty());
+    assert!(common::captured_lines_with("S3cretPw4711").is_empty());
     for token in &tokens {
-        assert!(common::logs::lines_with(&token[..20]).is_empty());
+        assert!(common::captured_lines_with(&token[..20]).is_empty());
     }
 }
 
@@ -1250,18 +1251,21 @@ async fn only_the_other_instances_subscriber_cut_before_revoke_never_serves_the_
     );
     let mut conn = admin(&url).await;
     // B's subscriber is the only one so far.
-    let listed = common::eventually(Duration::from_secs(5), async || {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
-        list.lines().count() == 1
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "B's subscriber is the only one",
+        async || {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut conn.clone())
+                .await
+                .unwrap();
+            list.lines().count() == 1
+        },
+    )
     .await;
-    assert!(listed);
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("TYPE")

@@ -334,7 +334,7 @@ fn a_host_prefixed_cookie_name_is_never_issued_without_secure() {
 // CurrentSession, SignedOut, or any error, nor in the logs of create/rotate/logout.
 #[tokio::test]
 async fn the_token_and_its_hash_never_reach_debug_output_or_logs() {
-    let logs = common::logs::captured();
+    common::capture_logs();
     let manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
     let issued = manager
         .create(NewSession::new(Uuid::now_v7()).user_agent(Some("curl/8.0")))
@@ -356,7 +356,7 @@ async fn the_token_and_its_hash_never_reach_debug_output_or_logs() {
     let current = manager.validate(&rotated.token().expose()).await.unwrap();
     printed += &format!("{current:?}");
     manager.shutdown().await;
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned() + &printed;
+    let text = common::captured_logs() + &printed;
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "secret leaked");
     }
@@ -752,10 +752,11 @@ fn dropped_managers_leave_no_tasks_behind() {
             .collect();
         assert!(metrics.num_alive_tasks() >= before + 50);
         drop(managers);
-        let ended = common::eventually(Duration::from_secs(10), async || {
+        let ended = common::poll_until(Duration::from_secs(10), async || {
             metrics.num_alive_tasks() <= before
         })
-        .await;
+        .await
+        .is_some();
         assert!(
             ended,
             "{} tasks alive, {before} before",
@@ -843,14 +844,12 @@ fn the_warm_up_survives_a_first_runtime_that_is_shut_down() {
         .unwrap();
     long.block_on(async {
         let _manager = SessionManager::new(MemoryStore::new(), SessionConfig::default()).unwrap();
-        let ready = common::eventually(Duration::from_secs(60), async || {
-            session_layer::user_agent_data_ready()
-        })
+        common::eventually(
+            Duration::from_secs(60),
+            "the dataset was never built: the first sign-in will build it inline",
+            async || session_layer::user_agent_data_ready(),
+        )
         .await;
-        assert!(
-            ready,
-            "the dataset was never built: the first sign-in will build it inline"
-        );
     });
 }
 

@@ -95,11 +95,12 @@ async fn a_dropped_revocation_still_reaches_the_cache(store: Arc<dyn SessionStor
     }
     // The `select!` dropped the revoking future right after the store commit.
     probe.release();
-    let refused = common::eventually(Duration::from_secs(2), async || {
-        !valid(&manager, &token).await
-    })
+    common::eventually(
+        Duration::from_secs(2),
+        "the dropped revocation never reached the cache",
+        async || !valid(&manager, &token).await,
+    )
     .await;
-    assert!(refused, "the dropped revocation never reached the cache");
 }
 
 /// Finding 3: logins that proved the old password, interleaved with a password change, never
@@ -287,13 +288,16 @@ async fn unknown_tokens_are_remembered_apart_from_sessions(store: Arc<dyn Sessio
         .into_parts();
     let real = real.expose();
     // A store shared by instances serves from memory once its invalidation feed holds a lease.
-    let cached = common::eventually(Duration::from_secs(10), async || {
-        assert!(valid(&manager, &real).await);
-        manager.sync_cache().await;
-        manager.cached_sessions() == 1
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the real session never reached the cache",
+        async || {
+            assert!(valid(&manager, &real).await);
+            manager.sync_cache().await;
+            manager.cached_sessions() == 1
+        },
+    )
     .await;
-    assert!(cached, "the real session never reached the cache");
 
     let unknown = SessionToken::generate().unwrap().expose();
     let before = probe.lookups();

@@ -254,30 +254,19 @@ async fn a_repeated_revoke_all_waits_like_the_first(cluster: impl Cluster) {
     assert_eq!(first.await.unwrap().unwrap(), 1);
 }
 
-macro_rules! on_every_cluster {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                #[cfg(feature = "postgres")]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$scenario(super::common::cluster::Postgres::new()).await;
-                }
-
-                #[cfg(feature = "redis")]
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn redis() {
-                    super::$scenario(super::common::cluster::Redis::new()).await;
-                }
-            }
-        )*
-    };
+test_support::for_each_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    backends {
+        #[cfg(feature = "postgres")]
+        postgres => common::cluster::Postgres::new(),
+        #[cfg(feature = "redis")]
+        redis => common::cluster::Redis::new(),
+    }
+    scenarios {
+        revoke_then_use_never_succeeds_on_any_of_two_or_three_instances,
+        a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_refuses_at_once,
+        instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease,
+        a_fresh_revoker_does_not_trust_a_peer_list_it_has_not_heard_in_full,
+        a_repeated_revoke_all_waits_like_the_first,
+    }
 }
-
-on_every_cluster!(
-    revoke_then_use_never_succeeds_on_any_of_two_or_three_instances,
-    a_partitioned_instance_delays_a_revocation_by_at_most_one_lease_and_refuses_at_once,
-    instances_leaving_or_crashing_stall_revocations_by_at_most_one_lease,
-    a_fresh_revoker_does_not_trust_a_peer_list_it_has_not_heard_in_full,
-    a_repeated_revoke_all_waits_like_the_first,
-);

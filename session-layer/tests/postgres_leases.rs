@@ -119,16 +119,20 @@ async fn a_sibling_manager_on_the_same_store_drops_the_token_before_revoke_retur
             )
             .await
     });
-    common::eventually(Duration::from_secs(10), async || {
-        let revoked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NOT NULL",
-        )
-        .bind(crowd)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        revoked > 0
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the crowd's revocation began",
+        async || {
+            let revoked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NOT NULL",
+            )
+            .bind(crowd)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            revoked > 0
+        },
+    )
     .await;
     first
         .revoke(user, session.id, RevocationReason::RevokedByUser)

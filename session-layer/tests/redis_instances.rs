@@ -120,14 +120,12 @@ async fn lost_pubsub_connection_empties_the_cache() {
         .await
         .unwrap();
     assert_eq!(killed, 1, "one subscriber: this instance's feed");
-    let refused = common::eventually(Duration::from_secs(5), async || {
-        manager.validate(&token).await.unwrap().is_none()
-    })
+    common::eventually(
+        Duration::from_secs(5),
+        "a revoked session was served after the pub/sub connection was lost",
+        async || manager.validate(&token).await.unwrap().is_none(),
+    )
     .await;
-    assert!(
-        refused,
-        "a revoked session was served after the pub/sub connection was lost"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,10 +184,11 @@ async fn server_crash_under_load_fails_closed_recovers_and_loses_no_revocation()
     tokio::task::spawn_blocking(move || starting.start())
         .await
         .unwrap();
-    let back = common::eventually(Duration::from_secs(15), async || {
+    let back = common::poll_until(Duration::from_secs(15), async || {
         outcome(&b, &kept).await == Outcome::Ok
     })
-    .await;
+    .await
+    .is_some();
     done.store(true, Ordering::SeqCst);
     let outcomes = load.await.unwrap();
     assert!(back, "the session did not come back after the server did");

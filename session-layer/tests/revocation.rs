@@ -59,9 +59,11 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
     // Let the workers use the token for a while first: at least 100 uses, however loaded the
     // machine (a fixed 100 ms was too short for PostgreSQL when other tests share the cores).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    common::eventually(Duration::from_secs(10), async || {
-        counts[0].load(Ordering::SeqCst) > 100
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the token was barely exercised",
+        async || counts[0].load(Ordering::SeqCst) > 100,
+    )
     .await;
     manager
         .revoke(user, session.id, RevocationReason::RevokedByUser)
@@ -69,9 +71,11 @@ async fn revoke_then_use_never_succeeds_under_concurrency(store: Arc<dyn Session
         .unwrap();
     revoked.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    common::eventually(Duration::from_secs(10), async || {
-        counts[1].load(Ordering::SeqCst) > 100
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "too few uses after the revocation",
+        async || counts[1].load(Ordering::SeqCst) > 100,
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
     for worker in workers {

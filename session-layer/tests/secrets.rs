@@ -78,7 +78,7 @@ async fn lifecycle(store: Arc<dyn SessionStore>) -> Vec<String> {
         .iter()
         .map(|t| t.hash().to_hex())
         .collect();
-    let logs = String::from_utf8(common::logs::captured().lock().unwrap().clone()).unwrap();
+    let logs = common::captured_logs();
     assert!(
         logs.contains("rotated-out session token presented again"),
         "logs were not captured"
@@ -108,7 +108,7 @@ fn assert_rows_free_of(dumps: Vec<String>, secrets: &[String]) {
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_sqlite_rows_or_logs() {
-    common::logs::captured();
+    common::capture_logs();
     let store = common::sqlite_store().await;
     let pool = store.pool().clone();
     let secrets = lifecycle(Arc::new(store)).await;
@@ -126,7 +126,7 @@ async fn no_token_in_sqlite_rows_or_logs() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_postgres_rows_or_logs() {
-    common::logs::captured();
+    common::capture_logs();
     let store = common::postgres_store(&test_support::postgres_database()).await;
     let pool = store.pool().clone();
     let secrets = lifecycle(Arc::new(store)).await;
@@ -177,7 +177,7 @@ async fn redis_dump(url: &str, prefix: &str) -> Vec<(String, String)> {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_redis_keys_values_or_logs() {
-    common::logs::captured();
+    common::capture_logs();
     let url = test_support::redis_server().url();
     let store = common::redis_store_on::<uuid::Uuid>(&url).await;
     let prefix = store.prefix().to_owned();

@@ -519,65 +519,54 @@ async fn cleanup_deletes_expired_and_long_revoked_rows_only<U: TestUser>(
     assert!(store.find_by_token(&h_fresh).await.unwrap().is_some());
 }
 
-macro_rules! store_suite {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-
-            store_suite!(@tests $make;
-                inserted_session_is_found_by_its_hash_with_every_field,
-                duplicate_token_hash_is_rejected,
-                rotation_keeps_the_old_hash_as_previous,
-                every_rotated_out_hash_stays_in_the_family,
-                fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing,
-                session_limit_counts_activity_not_yet_written,
-                concurrent_rotations_of_one_token_have_exactly_one_winner,
-                rotation_checks_owner_and_liveness,
-                list_shows_only_the_users_live_sessions_most_recent_first,
-                revoke_is_scoped_to_the_owner_and_happens_once,
-                revoke_all_spares_the_excepted_session_and_other_users,
-                session_limit_revokes_the_least_recently_active,
-                touch_only_moves_last_active_forward_on_live_sessions,
-                cleanup_deletes_expired_and_long_revoked_rows_only,
-            );
-        }
-    };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name($make.await).await;
-            }
-        )*
-    };
+test_support::for_each_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    backends {
+        memory => common::memory(),
+        #[cfg(feature = "sqlite")]
+        sqlite => common::sqlite().await,
+        #[cfg(feature = "postgres")]
+        postgres => common::postgres().await,
+        // The application's own id types, in columns of the matching SQL type.
+        memory_i64 => common::memory_as::<i64>(),
+        #[cfg(feature = "sqlite")]
+        sqlite_i64 => common::sqlite_as::<i64>().await,
+        #[cfg(feature = "postgres")]
+        postgres_i64 => common::postgres_as::<i64>().await,
+        memory_text => common::memory_as::<String>(),
+        #[cfg(feature = "sqlite")]
+        sqlite_text => common::sqlite_as::<String>().await,
+        #[cfg(feature = "postgres")]
+        postgres_text => common::postgres_as::<String>().await,
+        // Row-level security: the store as the application's role, which sees one user per
+        // transaction.
+        #[cfg(feature = "postgres")]
+        postgres_rls => common::postgres_rls_as::<Uuid>().await,
+        #[cfg(feature = "postgres")]
+        postgres_rls_i64 => common::postgres_rls_as::<i64>().await,
+        #[cfg(feature = "postgres")]
+        postgres_rls_text => common::postgres_rls_as::<String>().await,
+        #[cfg(feature = "redis")]
+        redis => common::redis().await,
+        #[cfg(feature = "redis")]
+        redis_i64 => common::redis_as::<i64>().await,
+        #[cfg(feature = "redis")]
+        redis_text => common::redis_as::<String>().await,
+    }
+    scenarios {
+        inserted_session_is_found_by_its_hash_with_every_field,
+        duplicate_token_hash_is_rejected,
+        rotation_keeps_the_old_hash_as_previous,
+        every_rotated_out_hash_stays_in_the_family,
+        fence_moves_with_revoke_all_and_a_stale_fence_inserts_nothing,
+        session_limit_counts_activity_not_yet_written,
+        concurrent_rotations_of_one_token_have_exactly_one_winner,
+        rotation_checks_owner_and_liveness,
+        list_shows_only_the_users_live_sessions_most_recent_first,
+        revoke_is_scoped_to_the_owner_and_happens_once,
+        revoke_all_spares_the_excepted_session_and_other_users,
+        session_limit_revokes_the_least_recently_active,
+        touch_only_moves_last_active_forward_on_live_sessions,
+        cleanup_deletes_expired_and_long_revoked_rows_only,
+    }
 }
-
-store_suite!(memory, async { common::memory() });
-#[cfg(feature = "sqlite")]
-store_suite!(sqlite, common::sqlite());
-#[cfg(feature = "postgres")]
-store_suite!(postgres, common::postgres());
-// The application's own id types, in columns of the matching SQL type.
-store_suite!(memory_i64, async { common::memory_as::<i64>() });
-#[cfg(feature = "sqlite")]
-store_suite!(sqlite_i64, common::sqlite_as::<i64>());
-#[cfg(feature = "postgres")]
-store_suite!(postgres_i64, common::postgres_as::<i64>());
-store_suite!(memory_text, async { common::memory_as::<String>() });
-#[cfg(feature = "sqlite")]
-store_suite!(sqlite_text, common::sqlite_as::<String>());
-#[cfg(feature = "postgres")]
-store_suite!(postgres_text, common::postgres_as::<String>());
-// Row-level security: the store as the application's role, which sees one user per transaction.
-#[cfg(feature = "postgres")]
-store_suite!(postgres_rls, common::postgres_rls_as::<Uuid>());
-#[cfg(feature = "postgres")]
-store_suite!(postgres_rls_i64, common::postgres_rls_as::<i64>());
-#[cfg(feature = "postgres")]
-store_suite!(postgres_rls_text, common::postgres_rls_as::<String>());
-#[cfg(feature = "redis")]
-store_suite!(redis, common::redis());
-#[cfg(feature = "redis")]
-store_suite!(redis_i64, common::redis_as::<i64>());
-#[cfg(feature = "redis")]
-store_suite!(redis_text, common::redis_as::<String>());

@@ -9,8 +9,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use std::{env, fs, thread};
 
-use super::{READY_TIMEOUT, catch_panic_message, free_port, lock, log_tail, sh_quote};
-use super::{spawn_watchdog, unique_temp_dir};
+use crate::process::unique_temp_dir;
+use crate::process::{READY_TIMEOUT, catch_panic_message, free_port, lock, log_tail};
+use crate::watchdog::{sh_quote, spawn_watchdog};
 
 /// Name of the environment variable that names the `redis-server` binary to run.
 pub const REDIS_BIN_ENV: &str = "SESSION_LAYER_REDIS_SERVER";

@@ -9,9 +9,8 @@
 pub mod webdriver;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use demo_app::{AppConfig, AppHandle, build_app};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -78,7 +77,7 @@ impl TestApp {
         redis: Option<Arc<test_support::RedisServer>>,
         env: &[(&str, &str)],
     ) -> Self {
-        init_log_capture();
+        test_support::capture_logs(tracing::Level::INFO);
         let mut vars: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -376,60 +375,11 @@ pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}-{n}@example.com", std::process::id())
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use test_support::eventually;
 
-#[derive(Clone)]
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
-}
-
-/// Installs (once per process) a global subscriber that records every log line at INFO and
-/// above, the way `main` formats them, so tests can read the reset-token line and scan for
-/// secrets.
-pub fn init_log_capture() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let buffer = log_buffer().clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || SharedBuffer(buffer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
-}
-
-/// Everything logged so far by this test process.
-pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
-}
+/// Everything logged so far by this test process, at INFO and above (captured from the first
+/// [`TestApp`] on), so tests can read the reset-token line and scan for secrets.
+pub use test_support::captured_logs;
 
 /// The reset token that the app logged for `email` (the demo's stand-in for the email).
 pub async fn reset_token_from_logs(email: &str) -> String {
@@ -445,34 +395,23 @@ pub async fn reset_token_from_logs(email: &str) -> String {
     .await
 }
 
-/// Runs each scenario (an `async fn(Backend)`) against every backend, as a `sqlite`, a
-/// `postgres` and a `redis_sessions` module of tests, like tower-sessions' `route_tests!`.
+/// Runs each scenario (an `async fn(Backend)`) against every backend, like tower-sessions'
+/// `route_tests!`: the tests `<scenario>::sqlite`, `::postgres` and `::redis_sessions` (see
+/// [`test_support::for_each_backend!`]).
 #[macro_export]
 macro_rules! route_tests {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod redis_sessions {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::Backend::RedisSessions).await;
-                }
-            )*
+        $crate::__test_support::for_each_backend! {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            backends {
+                sqlite => $crate::Backend::Sqlite,
+                postgres => $crate::Backend::Postgres,
+                redis_sessions => $crate::Backend::RedisSessions,
+            }
+            scenarios { $($name),* }
         }
     };
 }
+
+#[doc(hidden)]
+pub use test_support as __test_support;

@@ -31,29 +31,22 @@ e2e_tests::route_tests!(
     at_most_three_reset_tokens_per_account_per_hour,
 );
 
-/// Runs each scenario against SQLite only: they are about HTTP and in-memory limits, which the
-/// database does not change.
-macro_rules! sqlite_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_only {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(e2e_tests::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
+// These scenarios run against SQLite only: they are about HTTP and in-memory limits, which the
+// database does not change.
+test_support::for_each_backend! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    backends {
+        sqlite => Backend::Sqlite,
+    }
+    scenarios {
+        a_complete_head_whose_body_never_arrives_does_not_hold_the_connection_forever,
+        a_client_that_pipelines_requests_and_never_reads_them_is_disconnected,
+        a_body_over_16_kib_is_refused_before_it_is_read,
+        a_reset_request_flood_from_one_client_does_not_drop_another_users_request,
+        one_client_registering_in_a_loop_does_not_lock_everyone_out_of_sign_in,
+        ipv4_clients_behind_a_nat64_prefix_do_not_share_one_lockout,
+    }
 }
-
-sqlite_tests!(
-    a_complete_head_whose_body_never_arrives_does_not_hold_the_connection_forever,
-    a_client_that_pipelines_requests_and_never_reads_them_is_disconnected,
-    a_body_over_16_kib_is_refused_before_it_is_read,
-    a_reset_request_flood_from_one_client_does_not_drop_another_users_request,
-    one_client_registering_in_a_loop_does_not_lock_everyone_out_of_sign_in,
-    ipv4_clients_behind_a_nat64_prefix_do_not_share_one_lockout,
-);
 
 /// The app behind a "proxy" (the test client on 127.0.0.1): `X-Forwarded-For` picks the
 /// client address, so one test can act from several addresses.

@@ -4,7 +4,6 @@
 #![allow(dead_code, unreachable_pub, unused_macros)]
 
 pub mod cluster;
-pub mod logs;
 pub mod relay;
 #[cfg(feature = "postgres")]
 mod rls;
@@ -303,29 +302,27 @@ impl<U: UserId> SessionStore<U> for ProbeStore<U> {
     }
 }
 
-/// Polls `check` until it holds or `within` passes.
-pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+#[allow(unused_imports)] // each test binary uses a part
+pub use test_support::{captured_lines_with, captured_logs, eventually, poll_until};
+
+/// Captures every event of every crate at TRACE, for the tests that search the logs (one level
+/// for every test of a binary: see [`test_support::capture_logs`]).
+pub fn capture_logs() {
+    test_support::capture_logs(tracing::Level::TRACE);
 }
 
 /// Validates on `manager` until the session is served from its cache (its feed holds a lease).
 pub async fn cached_on(manager: &session_layer::SessionManager, token: &str) {
-    let cached = eventually(Duration::from_secs(10), async || {
-        assert!(manager.validate(token).await.unwrap().is_some());
-        manager.sync_cache().await;
-        manager.cached_sessions() >= 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the session reached the cache",
+        async || {
+            assert!(manager.validate(token).await.unwrap().is_some());
+            manager.sync_cache().await;
+            manager.cached_sessions() >= 1
+        },
+    )
     .await;
-    assert!(cached, "the session never reached the cache");
 }
 
 /// Hammers `token` on `manager` for `window`; counts successes.
@@ -383,39 +380,23 @@ pub fn assert_failed_closed(outcomes: &[Outcome]) {
     );
 }
 
-/// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store, as a test
-/// module per scenario with one test per store.
+/// Runs each scenario (an `async fn(Arc<dyn SessionStore>)`) against every store the cargo
+/// features enable: the tests `<scenario>::memory`, `::sqlite`, `::postgres` and `::redis` (see
+/// [`test_support::for_each_backend!`]).
 macro_rules! on_every_store {
     ($($scenario:ident),* $(,)?) => {
-        mod every_store {
-            $(
-                mod $scenario {
-                    use super::super::*;
-
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn memory() {
-                        $scenario(common::memory()).await;
-                    }
-
-                    #[cfg(feature = "sqlite")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn sqlite() {
-                        $scenario(common::sqlite().await).await;
-                    }
-
-                    #[cfg(feature = "postgres")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn postgres() {
-                        $scenario(common::postgres().await).await;
-                    }
-
-                    #[cfg(feature = "redis")]
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                    async fn redis() {
-                        $scenario(common::redis().await).await;
-                    }
-                }
-            )*
+        test_support::for_each_backend! {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            backends {
+                memory => common::memory(),
+                #[cfg(feature = "sqlite")]
+                sqlite => common::sqlite().await,
+                #[cfg(feature = "postgres")]
+                postgres => common::postgres().await,
+                #[cfg(feature = "redis")]
+                redis => common::redis().await,
+            }
+            scenarios { $($scenario),* }
         }
     };
 }
