@@ -257,23 +257,7 @@ async fn the_layer_records_session_and_user_ids_on_the_request_span() {
         .await
         .unwrap()
         .into_parts();
-    let app: Router = Router::new()
-        .route(
-            "/me",
-            get(|| async {
-                tracing::info!("handler ran");
-            }),
-        )
-        .layer(SessionLayer::new(manager))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|_: &Request<Body>| {
-                tracing::info_span!(
-                    "request",
-                    session.id = tracing::field::Empty,
-                    user.id = tracing::field::Empty,
-                )
-            }),
-        );
+    let app = common::traced_app(manager);
     for round in ["store lookup", "cache hit"] {
         logs.0.lock().unwrap().clear();
         let request = Request::get("/me")

@@ -150,23 +150,7 @@ async fn a_user_id_with_a_newline_cannot_forge_a_log_line_through_the_span() {
         .await
         .unwrap()
         .into_parts();
-    let app: Router = Router::new()
-        .route(
-            "/me",
-            get(|| async {
-                tracing::info!("handler ran");
-            }),
-        )
-        .layer(SessionLayer::new(manager))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|_: &Request<Body>| {
-                tracing::info_span!(
-                    "request",
-                    session.id = tracing::field::Empty,
-                    user.id = tracing::field::Empty,
-                )
-            }),
-        );
+    let app = common::traced_app(manager);
     let request = Request::get("/me")
         .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
         .body(Body::empty())

@@ -413,3 +413,28 @@ pub fn record_anomalies(
     });
     seen
 }
+
+/// An app with one route, `/me`, that logs "handler ran" inside a request span declaring
+/// `session.id` and `user.id`, behind the session layer.
+pub fn traced_app<U: UserId>(manager: session_layer::SessionManager<U>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/me",
+            get(|| async {
+                tracing::info!("handler ran");
+            }),
+        )
+        .layer(session_layer::SessionLayer::new(manager))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |_: &http::Request<axum::body::Body>| {
+                    tracing::info_span!(
+                        "request",
+                        session.id = tracing::field::Empty,
+                        user.id = tracing::field::Empty,
+                    )
+                },
+            ),
+        )
+}
