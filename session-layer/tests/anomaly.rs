@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+#[cfg(feature = "axum")]
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{Request, StatusCode};
@@ -42,7 +43,12 @@ async fn send(
     }
     let mut request = request.body(Body::empty()).unwrap();
     let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
+    // axum's server records the peer as `ConnectInfo`, which the layer reads with the `axum`
+    // feature; other servers insert `PeerAddr`.
+    #[cfg(feature = "axum")]
     request.extensions_mut().insert(ConnectInfo(peer));
+    #[cfg(not(feature = "axum"))]
+    request.extensions_mut().insert(PeerAddr(peer));
     app.clone().oneshot(request).await.unwrap().status()
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+#[cfg(feature = "axum")]
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{Request, StatusCode};
@@ -279,7 +280,12 @@ fn request(token: &str, peer: &str, user_agent: &str) -> Request<Body> {
     }
     .parse()
     .unwrap();
+    #[cfg(feature = "axum")]
     request.extensions_mut().insert(ConnectInfo(peer));
+    #[cfg(not(feature = "axum"))]
+    request
+        .extensions_mut()
+        .insert(session_layer::anomaly::PeerAddr(peer));
     request
 }
 
